@@ -1,0 +1,69 @@
+"""compress: model-compression techniques behind one registry, `get(name).apply(model, ctx)`.
+
+A name is `base` or `base@value` (e.g. `int8_static`, `prune_l1@0.5`, `svd@0.9`), optionally
+followed by `+ft`: the technique, then the caller's recovery fine-tune, keeping every zero the
+technique made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from compress.base import Compressed, Context, Technique, Unsupported
+from compress.lowrank import svd
+from compress.prune import channels, magnitude
+from compress.quant import cast, dynamic, static
+from compress.recover import with_finetune
+
+__all__ = ["Compressed", "Context", "Technique", "Unsupported", "get", "names"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    family: str
+    real_on: tuple[str, ...]  # devices where it runs for real
+    make: Callable  # the transform, or, when `param` is set, a factory taking its value
+    param: str | None = None
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "int8_dynamic": _Entry("quantization", ("cpu",), dynamic.int8_dynamic),
+    "int8_static": _Entry("quantization", ("cpu",), static.int8_static),
+    "fp16": _Entry("quantization", ("cuda",), cast.to_dtype(torch.float16)),
+    "bf16": _Entry("quantization", cast.bf16_real_on(), cast.to_dtype(torch.bfloat16)),
+    "prune_l1": _Entry("pruning", (), magnitude.prune_l1, "sparsity"),
+    "prune_global": _Entry("pruning", (), magnitude.prune_global, "sparsity"),
+    "prune_channels": _Entry("pruning", ("cpu", "cuda"), channels.prune_channels, "sparsity"),
+    "svd": _Entry("low-rank", ("cpu", "cuda"), svd.svd, "energy"),
+}
+
+
+def names() -> list[str]:
+    """The base names of every registered technique."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Technique:
+    """The technique called `name`, e.g. `int8_static`, `prune_global@0.8+ft`, `svd@0.9`."""
+    spec, plus, suffix = name.partition("+")
+    if plus and suffix != "ft":
+        raise KeyError(f"unknown pipeline suffix '+{suffix}' in {name!r}; the only one is '+ft'")
+    base, at, value = spec.partition("@")
+    entry = _REGISTRY.get(base)
+    if entry is None:
+        raise KeyError(f"unknown technique {base!r} in {name!r}; known: {', '.join(names())}")
+    if bool(entry.param) != bool(at):
+        form = f"{base}@<{entry.param}>" if entry.param else base
+        raise KeyError(f"technique {name!r} is malformed: write it as {form}")
+    if entry.param:
+        try:
+            transform = entry.make(float(value))
+        except ValueError as err:
+            raise KeyError(f"technique {name!r}: {err}") from err
+    else:
+        transform = entry.make
+    technique = Technique(spec, entry.family, entry.real_on, transform, transform.__doc__ or "")
+    return with_finetune(technique) if plus else technique

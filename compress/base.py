@@ -1,0 +1,64 @@
+"""The technique contract: what a compression technique takes, returns and promises."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+Execution = Literal["real", "simulated"]
+FAMILIES = ("quantization", "pruning", "low-rank", "sharing", "distillation", "pipeline")
+
+
+class Unsupported(RuntimeError):
+    """The technique cannot run on this device or model; the message says why."""
+
+
+@dataclass
+class Context:
+    """What a technique may need besides the model. All of it is optional."""
+
+    device: str = "cpu"
+    # Batches of real inputs for calibration (static quantization) and tracing.
+    calibration: Iterable[torch.Tensor] = ()
+    # One batch, for tracing dependency graphs (structured pruning) and FX.
+    example_input: torch.Tensor | None = None
+    # Trains a model in place for a short while; used by `+ft` recovery pipelines.
+    finetune: Callable[[nn.Module], None] | None = None
+
+
+@dataclass
+class Compressed:
+    """A compressed model and how it executes."""
+
+    model: nn.Module
+    # `real`: smaller or low-bit kernels really run; `simulated`: masks, casts or fake-quant
+    # with no fast kernel on this device, so no speedup may be claimed for it.
+    execution: Execution
+    # Inputs must be cast to this dtype before the forward pass (fp16/bf16 models).
+    input_dtype: torch.dtype = torch.float32
+    why_simulated: str = ""
+
+
+@dataclass(frozen=True)
+class Technique:
+    """A named, parametrized compression technique: `get("prune_l1@0.5").apply(model, ctx)`."""
+
+    name: str
+    family: str
+    # Devices on which the technique runs for real (elsewhere it is simulated or unsupported).
+    real_on: tuple[str, ...]
+    transform: Callable[[nn.Module, Context], Compressed] = field(repr=False)
+    doc: str = ""
+
+    def apply(self, model: nn.Module, ctx: Context | None = None) -> Compressed:
+        """Compress a copy of `model`; the caller's model is never modified."""
+        ctx = ctx or Context()
+        model = copy.deepcopy(model).eval()
+        out = self.transform(model, ctx)
+        out.model.eval()
+        return out

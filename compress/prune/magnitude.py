@@ -1,0 +1,49 @@
+"""Unstructured magnitude pruning: zero the smallest weights, per layer or across the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+from torch.nn.utils import prune
+
+from compress.base import Compressed, Context
+
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+DENSE_WHY = "zeros are stored and multiplied densely: no sparse kernel runs"
+
+
+def _check(sparsity: float) -> None:
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+
+
+def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE)]
+
+
+def prune_l1(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
+    _check(sparsity)
+
+    def transform(model: nn.Module, ctx: Context) -> Compressed:
+        for module, name in prunable_weights(model):
+            prune.l1_unstructured(module, name, amount=sparsity)
+            prune.remove(module, name)
+        return Compressed(model, "simulated", why_simulated=DENSE_WHY)
+
+    transform.__doc__ = f"Zero the {sparsity:.0%} smallest-magnitude weights of every layer."
+    return transform
+
+
+def prune_global(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
+    _check(sparsity)
+
+    def transform(model: nn.Module, ctx: Context) -> Compressed:
+        params = prunable_weights(model)
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
+        for module, name in params:
+            prune.remove(module, name)
+        return Compressed(model, "simulated", why_simulated=DENSE_WHY)
+
+    transform.__doc__ = f"Zero the {sparsity:.0%} smallest-magnitude weights across all layers."
+    return transform
