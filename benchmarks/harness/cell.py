@@ -1,0 +1,73 @@
+"""Run one matrix cell: compress the reference, then measure both side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import compress
+from benchmarks.harness.measure import (
+    Size,
+    artifact_size,
+    cuda_peak_memory_bytes,
+    interleaved_latency,
+)
+from benchmarks.harness.provenance import provenance
+from benchmarks.harness.record import Record
+from benchmarks.workloads.base import Score, Workload
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference model's own measurements, taken once per workload and run."""
+
+    score: Score
+    size: Size
+
+
+def measure_reference(workload: Workload, device: str) -> Reference:
+    model = workload.model.to(device)
+    return Reference(workload.evaluate(model, torch.float32), artifact_size(model))
+
+
+def run_cell(workload: Workload, reference: Reference, technique_name: str, *, device: str,
+             n_threads: int) -> tuple[Record, compress.Compressed]:
+    """Apply `technique_name` to the workload's reference and measure the three metrics.
+
+    Raises compress.Unsupported when the technique cannot run here.
+    """
+    technique = compress.get(technique_name)
+    ctx = compress.Context(
+        device=device,
+        calibration=[b.to(device) for b in workload.calibration],
+        example_input=workload.example_input.to(device),
+        finetune=workload.finetune,
+    )
+    reference_model = workload.model.to(device)
+    compressed = technique.apply(reference_model, ctx)
+    model = compressed.model.to(device)
+    score = workload.evaluate(model, compressed.input_dtype)
+    x_ref = workload.example_input.to(device)
+    x_comp = x_ref.to(compressed.input_dtype)
+    timing = interleaved_latency(lambda: reference_model(x_ref), lambda: model(x_comp),
+                                 device=device, n_threads=n_threads)
+    record = Record(
+        workload=workload.name,
+        technique=technique.name,
+        family=technique.family,
+        execution=compressed.execution,
+        why_simulated=compressed.why_simulated,
+        metric=workload.metric,
+        higher_is_better=workload.higher_is_better,
+        reference_metric=reference.score.value,
+        compressed_metric=score.value,
+        reference_size=reference.size,
+        compressed_size=artifact_size(model),
+        timing=timing,
+        peak_memory_bytes=cuda_peak_memory_bytes(lambda: model(x_comp)),
+        provenance={**provenance(device, n_threads),
+                    "reference_checkpoint_sha256": workload.checkpoint_sha256},
+        per_sample={"reference": reference.score.per_sample, "compressed": score.per_sample},
+    )
+    return record, compressed

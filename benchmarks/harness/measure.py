@@ -1,0 +1,175 @@
+"""Measurement: artifact size on disk, weight counts, memory, and interleaved latency."""
+
+from __future__ import annotations
+
+import gzip
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import zstandard
+from torch import nn
+
+
+def _tensors(value) -> Iterator[torch.Tensor]:
+    """Every tensor in a state_dict value; quantized Linear layers store a (weight, bias) tuple."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    """Float and quantized tensors of the state_dict: weights, biases, norms (not int counters)."""
+    out = []
+    for value in model.state_dict().values():
+        for t in _tensors(value):
+            if t.is_quantized:
+                out.append(t.int_repr())
+            elif t.is_floating_point():
+                out.append(t)
+    return out
+
+
+@dataclass(frozen=True)
+class Size:
+    """The artifact as saved (torch.save of the state_dict) and what is in it."""
+
+    size_bytes: int
+    gzip_bytes: int
+    zstd_bytes: int
+    params: int
+    nonzeros: int
+    memory_bytes: int  # in-memory bytes of those tensors
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.size_bytes / self.params
+
+
+def artifact_size(model: nn.Module) -> Size:
+    """Write the model the way it is shipped (its state_dict, torch.save) and measure the file.
+
+    gzip and zstd sizes show what sparsity saves in storage without pretending the dense
+    tensors are smaller than they are.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        torch.save(model.state_dict(), path)
+        data = path.read_bytes()
+    weights = _weights(model)
+    return Size(
+        size_bytes=len(data),
+        gzip_bytes=len(gzip.compress(data, compresslevel=6, mtime=0)),
+        zstd_bytes=len(zstandard.ZstdCompressor(level=10).compress(data)),
+        params=sum(t.numel() for t in weights),
+        nonzeros=sum(int(torch.count_nonzero(t)) for t in weights),
+        memory_bytes=sum(t.numel() * t.element_size() for t in weights),
+    )
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run a block with a fixed intra-op thread count, then restore the previous one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sync(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency of reference and compressed, taken in alternating rounds in one process."""
+
+    reference_ms: list[float]
+    compressed_ms: list[float]
+    threads: int
+
+    def __post_init__(self):
+        if not self.reference_ms or len(self.reference_ms) != len(self.compressed_ms):
+            raise ValueError("a timing needs the same, non-zero number of rounds for both models")
+
+    @property
+    def ratios(self) -> list[float]:
+        return [r / c for r, c in zip(self.reference_ms, self.compressed_ms, strict=True)]
+
+    @property
+    def speedup(self) -> float:
+        """Median of the per-round ratios: robust to a round disturbed by another process."""
+        return statistics.median(self.ratios)
+
+    @property
+    def speedup_iqr(self) -> tuple[float, float]:
+        if len(self.ratios) < 2:
+            return (self.speedup, self.speedup)
+        q = statistics.quantiles(self.ratios, n=4, method="inclusive")
+        return (q[0], q[2])
+
+
+def interleaved_latency(
+    reference: Callable[[], object],
+    compressed: Callable[[], object],
+    *,
+    device: str = "cpu",
+    n_threads: int = 1,
+    warmup: int = 2,
+    min_rounds: int = 9,
+    max_rounds: int = 31,
+    budget_s: float = 3.0,
+) -> Timing:
+    """Time both callables alternately, swapping which goes first each round.
+
+    Alternation puts both under the same machine load, so their ratio is steadier than
+    either absolute time; rounds stop at `max_rounds` or once `budget_s` is spent (but never
+    before `min_rounds`).
+    """
+    sync = _sync(device)
+
+    def timed(fn) -> float:
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        return (time.perf_counter() - start) * 1e3
+
+    ref_ms: list[float] = []
+    comp_ms: list[float] = []
+    with threads(n_threads), torch.inference_mode():
+        for _ in range(warmup):
+            timed(reference)
+            timed(compressed)
+        began = time.perf_counter()
+        while len(ref_ms) < max_rounds:
+            if len(ref_ms) % 2 == 0:
+                ref_ms.append(timed(reference))
+                comp_ms.append(timed(compressed))
+            else:
+                comp_ms.append(timed(compressed))
+                ref_ms.append(timed(reference))
+            if len(ref_ms) >= min_rounds and time.perf_counter() - began > budget_s:
+                break
+    return Timing(ref_ms, comp_ms, n_threads)
+
+
+def cuda_peak_memory_bytes(fn: Callable[[], object]) -> int | None:
+    """Peak CUDA memory allocated while `fn` runs; None off CUDA (no reliable CPU equivalent)."""
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()

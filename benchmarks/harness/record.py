@@ -1,0 +1,86 @@
+"""A record: one matrix cell's measured facts, with units and directions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from benchmarks.harness.measure import Size, Timing
+
+
+@dataclass
+class Record:
+    workload: str
+    technique: str
+    family: str
+    execution: str  # "real" or "simulated"
+    metric: str  # the task metric, e.g. top1_pct
+    higher_is_better: bool  # of the task metric
+    reference_metric: float
+    compressed_metric: float
+    reference_size: Size
+    compressed_size: Size
+    timing: Timing
+    provenance: dict
+    why_simulated: str = ""
+    peak_memory_bytes: int | None = None
+    # The paired outcomes the metrics came from (kept in memory for tests; not serialized).
+    per_sample: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def cell(self) -> str:
+        return f"{self.workload}-{self.technique}"
+
+    @property
+    def accuracy_drop(self) -> float:
+        """How much worse the task metric got, in its own unit (pp for top1_pct)."""
+        delta = self.reference_metric - self.compressed_metric
+        return delta if self.higher_is_better else -delta
+
+    @property
+    def size_ratio(self) -> float:
+        """Reference bytes / compressed bytes of the saved artifact: 4.0 = four times smaller."""
+        return self.reference_size.size_bytes / self.compressed_size.size_bytes
+
+    @property
+    def gzip_ratio(self) -> float:
+        return self.reference_size.gzip_bytes / self.compressed_size.gzip_bytes
+
+    @property
+    def speedup(self) -> float:
+        return self.timing.speedup
+
+    def gated(self) -> dict[str, float]:
+        """The three numbers the verdicts judge."""
+        return {"accuracy_drop": self.accuracy_drop, "size_ratio": self.size_ratio,
+                "speedup": self.speedup}
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.pop("per_sample")
+        out["timing"]["speedup"] = self.speedup
+        out["timing"]["speedup_iqr"] = list(self.timing.speedup_iqr)
+        out["timing"]["reference_median_ms"] = _median(self.timing.reference_ms)
+        out["timing"]["compressed_median_ms"] = _median(self.timing.compressed_ms)
+        for key in ("reference_size", "compressed_size"):
+            out[key]["bits_per_weight"] = getattr(self, key).bits_per_weight
+        out.update(cell=self.cell, accuracy_drop=self.accuracy_drop, size_ratio=self.size_ratio,
+                   gzip_ratio=self.gzip_ratio)
+        return _finite_or_none(out)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _finite_or_none(value):
+    """JSON has no NaN: write null, so a broken measurement is visible rather than invalid."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value

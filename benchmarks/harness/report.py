@@ -1,0 +1,154 @@
+"""Reports: the terminal table, the JSON ledger and the Markdown report with Pareto plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.harness.record import Record
+from benchmarks.harness.verdict import Check
+
+
+def cell_verdict(checks: Iterable[Check]) -> str:
+    """One word per cell: FAIL beats improved beats blessed beats pass."""
+    statuses = {c.status for c in checks}
+    for status, word in (("fail", "FAIL"), ("improved", "improved"), ("blessed", "blessed")):
+        if status in statuses:
+            return word
+    return "pass" if statuses else "not judged"
+
+
+def _rows(records: list[Record], checks: dict[str, list[Check]]) -> list[list[str]]:
+    rows = []
+    for r in records:
+        low, high = r.timing.speedup_iqr
+        speed = f"{r.speedup:.2f}x [{low:.2f}-{high:.2f}]"
+        if r.execution == "simulated":
+            speed += " sim"
+        rows.append([
+            r.workload, r.technique, r.execution,
+            f"{r.reference_metric:.2f} -> {r.compressed_metric:.2f}",
+            f"{r.accuracy_drop:+.2f}",
+            f"{r.compressed_size.size_bytes / 1e6:.3f}",
+            f"{r.size_ratio:.2f}x",
+            f"{r.gzip_ratio:.2f}x",
+            speed,
+            cell_verdict(checks.get(r.cell, [])),
+        ])
+    return rows
+
+
+HEADER = ["workload", "technique", "exec", "metric ref -> comp", "drop", "size MB", "size ratio",
+          "gzip ratio", "speedup [IQR]", "verdict"]
+
+
+def text_table(records: list[Record], checks: dict[str, list[Check]]) -> str:
+    rows = [HEADER, *_rows(records, checks)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(records: list[Record], checks: dict[str, list[Check]]) -> str:
+    rows = [HEADER, ["---"] * len(HEADER), *_rows(records, checks)]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def write_ledger(path: Path, records: list[Record], checks: dict[str, list[Check]],
+                 run: dict) -> None:
+    ledger = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run": run,
+        "cells": [
+            {**r.to_json(), "verdict": cell_verdict(checks.get(r.cell, [])),
+             "checks": [{"metric": c.metric, "status": c.status, "message": c.message}
+                        for c in checks.get(r.cell, [])]}
+            for r in records
+        ],
+    }
+    path.write_text(json.dumps(ledger, indent=2) + "\n")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated when both coordinates are better higher."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (ox >= x and oy >= y) and (ox > x or oy > y) for j, (ox, oy) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def pareto_plot(path: Path, workload: str, records: list[Record]) -> None:
+    """Metric vs size ratio and metric vs speedup; Pareto-optimal cells are labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = records[0].metric
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    ys = [r.compressed_metric if r.higher_is_better else -r.compressed_metric for r in records]
+    for ax, attr, label in ((axes[0], "size_ratio", "size ratio (x smaller)"),
+                            (axes[1], "speedup", "speedup (x, measured side by side)")):
+        xs = [getattr(r, attr) for r in records]
+        front = set(pareto_front(list(zip(xs, ys, strict=True))))
+        for i, r in enumerate(records):
+            marker = "o" if r.execution == "real" else "x"
+            color = "tab:red" if i in front else "tab:gray"
+            ax.scatter(xs[i], r.compressed_metric, marker=marker, color=color)
+            if i in front:
+                ax.annotate(r.technique, (xs[i], r.compressed_metric), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.axhline(records[0].reference_metric, color="tab:blue", lw=0.8, ls="--",
+                   label="reference")
+        ax.axvline(1.0, color="black", lw=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric)
+        ax.legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"{workload}: red = Pareto-optimal, x = simulated (no real speedup)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[Check]],
+                   run: dict) -> Path:
+    path = folder / "report.md"
+    failing = [c.message for cs in checks.values() for c in cs if c.failed]
+    improved = [c.message for cs in checks.values() for c in cs if c.status == "improved"]
+    lines = [
+        "# compress-bench report",
+        "",
+        f"Hardware class `{run['hardware_class']}`, {run['cpu']}, torch {run['torch']}, "
+        f"{run['threads']} timing thread(s), commit `{run['git_sha']}`, tier `{run['tier']}`.",
+        "",
+        "`drop` is the task metric lost (pp for top-1); `size ratio` is reference bytes over "
+        "compressed bytes of the saved state_dict (gzip ratio: the same, gzip-compressed); "
+        "`speedup` is the median ratio of reference to compressed latency over interleaved "
+        "rounds, with its interquartile range. `sim` marks simulated execution (masks or casts "
+        "with no fast kernel here): its speedup is reported, never claimed.",
+        "",
+        markdown_table(records, checks),
+        "",
+    ]
+    if failing:
+        lines += ["## Regressions", "", *[f"- {m}" for m in failing], ""]
+    if improved:
+        lines += ["## Improved (re-bless the baseline)", "", *[f"- {m}" for m in improved], ""]
+    by_workload: dict[str, list[Record]] = {}
+    for r in records:
+        by_workload.setdefault(r.workload, []).append(r)
+    for workload, recs in by_workload.items():
+        plot = folder / f"pareto-{workload}.png"
+        pareto_plot(plot, workload, recs)
+        lines += [f"## {workload}", "", f"![Pareto plot of {workload}]({plot.name})", ""]
+    path.write_text("\n".join(lines))
+    return path

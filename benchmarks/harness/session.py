@@ -1,0 +1,102 @@
+"""The state of one benchmark run: options, loaded workloads, records and verdicts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import compress
+from benchmarks.harness import report
+from benchmarks.harness.cell import Reference, measure_reference, run_cell
+from benchmarks.harness.provenance import hardware_class, provenance
+from benchmarks.harness.record import Record
+from benchmarks.harness.verdict import (
+    BaselineFile,
+    Check,
+    bless,
+    judge,
+    judge_reference,
+    load_baseline,
+    reference_entry,
+)
+from benchmarks.workloads import WORKLOADS, Workload
+
+
+@dataclass
+class BenchRun:
+    device: str
+    threads: int
+    tier: str
+    update_baselines: bool
+    report_dir: Path
+    baselines_root: Path
+    workloads: dict[str, Workload] = field(default_factory=dict)
+    references: dict[str, Reference] = field(default_factory=dict)
+    records: list[Record] = field(default_factory=list)
+    checks: dict[str, list[Check]] = field(default_factory=dict)
+
+    @property
+    def hardware_class(self) -> str:
+        return hardware_class(self.device)
+
+    def workload(self, name: str) -> tuple[Workload, Reference]:
+        """The workload, loaded (and its reference trained if not cached) once per run."""
+        if name not in self.workloads:
+            self.workloads[name] = WORKLOADS[name].load()
+            self.references[name] = measure_reference(self.workloads[name], self.device)
+        return self.workloads[name], self.references[name]
+
+    def baseline(self, workload: str) -> tuple[BaselineFile | None, bool, str]:
+        """The baseline file, whether speedups may be gated on it, and why not if not."""
+        found = load_baseline(workload, self.hardware_class, self.baselines_root)
+        if found is None or found.hardware_class == self.hardware_class:
+            return found, True, ""
+        return found, False, (f"baseline is from {found.hardware_class}, this machine is "
+                              f"{self.hardware_class}")
+
+    def run(self, workload_name: str, technique: str) -> tuple[Record, compress.Compressed]:
+        workload, reference = self.workload(workload_name)
+        record, compressed = run_cell(workload, reference, technique, device=self.device,
+                                      n_threads=self.threads)
+        self.records.append(record)
+        return record, compressed
+
+    def judge(self, record: Record) -> list[Check]:
+        if self.update_baselines:
+            checks = [Check(record.cell, "all", "blessed", math.nan, f"{record.cell}: blessed")]
+            self.checks[record.cell] = checks
+            return checks
+        found, speed_gated, note = self.baseline(record.workload)
+        cell = found.cell(record.technique) if found else None
+        checks = judge(record, cell, speed_gated=speed_gated, speed_note=note)
+        self.checks[record.cell] = checks
+        return checks
+
+    def judge_reference(self, workload_name: str) -> Check:
+        workload, reference = self.workload(workload_name)
+        found, _, _ = self.baseline(workload_name)
+        check = judge_reference(workload_name, workload.metric, reference.score.value, found)
+        self.checks[check.cell] = [check]
+        return check
+
+    def run_info(self) -> dict:
+        return {**provenance(self.device, self.threads), "tier": self.tier,
+                "device": self.device}
+
+    def finish(self) -> list[str]:
+        """Write the reports (and, when asked, the baselines); return lines to print."""
+        if not self.records:
+            return []
+        lines = []
+        if self.update_baselines:
+            refs = {name: reference_entry(w.metric, self.references[name].score.value,
+                                          w.higher_is_better, w.checkpoint_sha256)
+                    for name, w in self.workloads.items()}
+            lines += bless(self.records, refs, self.hardware_class, self.baselines_root)
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        run = self.run_info()
+        report.write_ledger(self.report_dir / "ledger.json", self.records, self.checks, run)
+        md = report.write_markdown(self.report_dir, self.records, self.checks, run)
+        lines += [f"ledger: {self.report_dir / 'ledger.json'}", f"report: {md}"]
+        return lines

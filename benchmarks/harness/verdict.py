@@ -1,0 +1,221 @@
+"""Baselines and verdicts: is a cell as good as its stored baseline, within tolerance?"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.harness.record import Record
+
+BASELINES = Path(__file__).resolve().parents[2] / "baselines"
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A stored baseline value and how far a measurement may fall short of it."""
+
+    value: float
+    tolerance: float  # in the value's unit, never negative
+    higher_is_better: bool
+
+    def regressed(self, measured: float) -> bool:
+        if self.higher_is_better:
+            return measured < self.value - self.tolerance
+        return measured > self.value + self.tolerance
+
+    def improved(self, measured: float) -> bool:
+        if self.higher_is_better:
+            return measured > self.value + self.tolerance
+        return measured < self.value - self.tolerance
+
+
+@dataclass(frozen=True)
+class Check:
+    cell: str
+    metric: str
+    # "pass", "fail", "improved", "reported" (measured, not gated), "blessed" (new baseline)
+    status: str
+    measured: float
+    message: str
+    gate: Gate | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+
+# Tolerances written when a baseline is blessed. Size is deterministic, so it is gated
+# tightly; accuracy is deterministic on one machine and data, so only a small slack for
+# another CPU's float rounding; latency is noisy, so the speedup gate is wide and grows
+# with the spread measured at bless time.
+ACCURACY_TOLERANCE = 0.3  # in the task metric's unit (pp for top-1)
+SIZE_TOLERANCE = 0.01  # relative
+SPEEDUP_TOLERANCE_FLOOR = 0.25  # relative
+SPEEDUP_SPREAD_FACTOR = 2.0  # times the half-width of the per-round ratio IQR
+
+
+def gates_for(record: Record) -> dict[str, Gate]:
+    """The gates to store when `record` is blessed as the new baseline."""
+    low, high = record.timing.speedup_iqr
+    speedup_tol = max(SPEEDUP_TOLERANCE_FLOOR * record.speedup,
+                      SPEEDUP_SPREAD_FACTOR * (high - low) / 2)
+    return {
+        "accuracy_drop": Gate(round(record.accuracy_drop, 4), ACCURACY_TOLERANCE, False),
+        "size_ratio": Gate(round(record.size_ratio, 4),
+                           round(SIZE_TOLERANCE * record.size_ratio, 4), True),
+        "speedup": Gate(round(record.speedup, 4), round(speedup_tol, 4), True),
+    }
+
+
+def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
+          speed_note: str = "") -> list[Check]:
+    """The verdict of every gated metric of one cell against its baseline entry."""
+    cell = record.cell
+    if cell_baseline is None:
+        return [Check(cell, "baseline", "fail", math.nan,
+                      f"{cell}: no baseline for this cell; bless one with `nox -s baselines` "
+                      "and review the diff")]
+    checks = []
+    for metric, measured in record.gated().items():
+        stored = cell_baseline.get(metric)
+        gate = Gate(**stored) if stored else None
+        if not math.isfinite(measured):
+            checks.append(Check(cell, metric, "fail", measured,
+                                f"{cell}: {metric} is {measured}: the measurement is broken",
+                                gate))
+            continue
+        if metric == "speedup" and record.execution == "simulated":
+            checks.append(Check(cell, metric, "reported", measured,
+                                f"{cell}: speedup {measured:.2f}x reported, not gated: "
+                                f"simulated ({record.why_simulated})", gate))
+            continue
+        if metric == "speedup" and not speed_gated:
+            checks.append(Check(cell, metric, "reported", measured,
+                                f"{cell}: speedup {measured:.2f}x reported, not gated: "
+                                f"{speed_note}", gate))
+            continue
+        if gate is None:
+            checks.append(Check(cell, metric, "fail", measured,
+                                f"{cell}: baseline has no {metric}; re-bless with "
+                                "`nox -s baselines`"))
+            continue
+        direction = "higher" if gate.higher_is_better else "lower"
+        detail = (f"{cell}: {metric} measured {measured:.4g}, baseline {gate.value:.4g} "
+                  f"± {gate.tolerance:.4g} ({direction} is better)")
+        if gate.regressed(measured):
+            checks.append(Check(cell, metric, "fail", measured, f"REGRESSED {detail}", gate))
+        elif gate.improved(measured):
+            checks.append(Check(cell, metric, "improved", measured,
+                                f"improved, re-bless: {detail}", gate))
+        else:
+            checks.append(Check(cell, metric, "pass", measured, detail, gate))
+    return checks
+
+
+@dataclass(frozen=True)
+class BaselineFile:
+    """One workload's stored baselines for one hardware class."""
+
+    path: Path
+    hardware_class: str
+    data: dict
+
+    def cell(self, technique: str) -> dict | None:
+        return self.data.get("cells", {}).get(technique)
+
+    @property
+    def reference(self) -> dict | None:
+        return self.data.get("reference")
+
+
+def baseline_path(hardware_class: str, workload: str, root: Path = BASELINES) -> Path:
+    return root / hardware_class / f"{workload}.json"
+
+
+def load_baseline(workload: str, hardware_class: str, root: Path = BASELINES
+                  ) -> BaselineFile | None:
+    """The exact hardware class's file, else another class's (accuracy and size still apply
+    everywhere; the caller must not gate speedup on it)."""
+    exact = baseline_path(hardware_class, workload, root)
+    others = sorted(p for p in root.glob(f"*/{workload}.json") if p != exact)
+    for path in [exact, *others] if exact.exists() else others:
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"baseline {path} is not valid JSON ({err}); fix or restore it "
+                             "from git") from err
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"baseline {path} has schema {data.get('schema')}, expected "
+                             f"{SCHEMA}; re-bless with `nox -s baselines`")
+        return BaselineFile(path, path.parent.name, data)
+    return None
+
+
+def bless(records: list[Record], reference: dict, hardware_class: str,
+          root: Path = BASELINES) -> list[str]:
+    """Write `records` into their workloads' baseline files and say what changed.
+
+    Cells not in `records` are kept as they are, so blessing one cell never drops another.
+    """
+    lines = []
+    by_workload: dict[str, list[Record]] = {}
+    for record in records:
+        by_workload.setdefault(record.workload, []).append(record)
+    for workload, recs in sorted(by_workload.items()):
+        path = baseline_path(hardware_class, workload, root)
+        old = json.loads(path.read_text()) if path.exists() else {}
+        cells = dict(old.get("cells", {}))
+        for record in recs:
+            new = {k: g.__dict__ for k, g in gates_for(record).items()}
+            before = cells.get(record.technique)
+            if before != new:
+                lines.append(_describe_change(record.cell, before, new))
+            cells[record.technique] = new
+        data = {
+            "schema": SCHEMA,
+            "workload": workload,
+            "hardware_class": hardware_class,
+            "reference": reference[workload],
+            "provenance": recs[0].provenance,
+            "cells": dict(sorted(cells.items())),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        lines.append(f"wrote {path} ({len(recs)} cells measured, {len(cells)} in file)")
+    return lines
+
+
+def _describe_change(cell: str, before: dict | None, after: dict) -> str:
+    if before is None:
+        return f"{cell}: new baseline " + ", ".join(f"{k}={v['value']}" for k, v in after.items())
+    diffs = [f"{k} {before.get(k, {}).get('value')} -> {v['value']}" for k, v in after.items()
+             if before.get(k) != v]
+    return f"{cell}: " + ", ".join(diffs)
+
+
+REFERENCE_TOLERANCE = 1.0  # task-metric units: a retrained reference may move this much
+
+
+def judge_reference(workload: str, metric: str, measured: float,
+                    baseline: BaselineFile | None) -> Check:
+    """The reference model itself must still score what its baseline says."""
+    cell = f"{workload}-reference"
+    stored = baseline.reference if baseline else None
+    if not stored:
+        return Check(cell, metric, "fail", measured,
+                     f"{cell}: no reference baseline; bless one with `nox -s baselines`")
+    gate = Gate(stored["value"], stored["tolerance"], stored["higher_is_better"])
+    detail = (f"{cell}: {metric} measured {measured:.4g}, baseline {gate.value:.4g} "
+              f"± {gate.tolerance:.4g}")
+    if not math.isfinite(measured) or gate.regressed(measured):
+        return Check(cell, metric, "fail", measured, f"REGRESSED {detail}", gate)
+    status = "improved" if gate.improved(measured) else "pass"
+    return Check(cell, metric, status, measured, detail, gate)
+
+
+def reference_entry(metric: str, value: float, higher_is_better: bool, checkpoint: str) -> dict:
+    return {"metric": metric, "value": round(value, 4), "tolerance": REFERENCE_TOLERANCE,
+            "higher_is_better": higher_is_better, "checkpoint_sha256": checkpoint}

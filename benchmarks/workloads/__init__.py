@@ -1,0 +1,25 @@
+"""The workloads: one module each (NAME, FAMILY, CELLS scope, load()), registered here."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from benchmarks.workloads import fmnist_cnn, fmnist_mobilenetv2
+from benchmarks.workloads.base import TIERS, Workload
+
+WORKLOADS: dict[str, ModuleType] = {m.NAME: m for m in (fmnist_cnn, fmnist_mobilenetv2)}
+
+
+def cells(family: str) -> list[tuple[str, str, str]]:
+    """(workload, technique, tier) of every cell of a family, in scope order."""
+    out = []
+    for name, module in WORKLOADS.items():
+        if module.FAMILY == family:  # noqa: SIM300 (FAMILY is a module attribute)
+            for technique, tier in module.CELLS.items():
+                if tier not in TIERS:
+                    raise ValueError(f"{name}: cell {technique} has unknown tier {tier!r}")
+                out.append((name, technique, tier))
+    return out
+
+
+__all__ = ["WORKLOADS", "Workload", "cells"]

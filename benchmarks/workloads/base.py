@@ -1,0 +1,116 @@
+"""The workload contract, the reference-model cache, and the shared training loop."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+TIERS = ("pr", "full")
+
+
+@dataclass(frozen=True)
+class Score:
+    """A task metric and the per-sample outcomes it was computed from (for paired tests)."""
+
+    value: float
+    per_sample: torch.Tensor
+
+
+@dataclass
+class Workload:
+    """A reference model, its data and metric, and what a technique may need from it."""
+
+    name: str
+    metric: str  # e.g. "top1_pct"
+    higher_is_better: bool
+    model: nn.Module
+    evaluate: Callable[[nn.Module, torch.dtype], Score]
+    calibration: list[torch.Tensor]
+    example_input: torch.Tensor  # the batch that is timed
+    finetune: Callable[[nn.Module], None]
+    checkpoint_sha256: str
+    notes: dict = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    """Where trained reference models live: $COMPRESS_BENCH_CACHE or ~/.cache/compress-bench."""
+    root = os.environ.get("COMPRESS_BENCH_CACHE") or Path.home() / ".cache" / "compress-bench"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def recipe_key(recipe) -> str:
+    """A short hash of everything that determines a trained model: the recipe and torch."""
+    payload = json.dumps({"recipe": asdict(recipe), "torch": torch.__version__}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cached_state_dict(name: str, recipe, build: Callable[[], nn.Module]) -> tuple[dict, Path]:
+    """The state_dict that `build()` trains for `recipe`, trained once and cached by its hash."""
+    path = cache_dir() / f"{name}-{recipe_key(recipe)}.pt"
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True), path
+    print(f"\n[{name}] training the reference model (cached at {path})", file=sys.stderr)
+    state = build().state_dict()
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written checkpoint
+    return state, path
+
+
+def progress(iterable, **kwargs):
+    """A progress bar on an interactive terminal or when asked for; quiet in CI logs."""
+    quiet = os.environ.get("CI") and not os.environ.get("COMPRESS_BENCH_PROGRESS")
+    return tqdm(iterable, disable=bool(quiet), file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+def train(
+    model: nn.Module,
+    fetch: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    n_items: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    desc: str,
+    max_steps: int | None = None,
+    weight_decay: float = 1e-4,
+) -> nn.Module:
+    """AdamW, one-cycle schedule, cross-entropy; seeded, so a rerun trains the same model.
+
+    `fetch(indices)` returns a batch (inputs, labels); `max_steps` cuts training short
+    (a recovery fine-tune is a few hundred steps of the same loop).
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    plan = [idx for _ in range(epochs) for idx in torch.randperm(n_items, generator=gen)
+            .split(batch_size) if len(idx) == batch_size][:max_steps]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=len(plan))
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    bar = progress(plan, desc=desc, unit="step")
+    for idx in bar:
+        x, y = fetch(idx)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    return model.eval()

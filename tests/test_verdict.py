@@ -1,0 +1,149 @@
+"""The verdict logic: gates, missing baselines, NaN, simulated speedups, blessing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.harness.measure import Size, Timing
+from benchmarks.harness.record import Record
+from benchmarks.harness.verdict import (
+    Gate,
+    bless,
+    gates_for,
+    judge,
+    judge_reference,
+    load_baseline,
+    reference_entry,
+)
+
+
+def make_record(technique="int8_static", *, comp_metric=90.0, comp_bytes=250,
+                speed=(10.0, 5.0), execution="real") -> Record:
+    ref_size = Size(1000, 900, 880, 250, 250, 1000)
+    comp_size = Size(comp_bytes, comp_bytes, comp_bytes, 250, 250, comp_bytes)
+    rounds = 9
+    return Record(
+        workload="w", technique=technique, family="quantization", execution=execution,
+        metric="top1_pct", higher_is_better=True, reference_metric=91.0,
+        compressed_metric=comp_metric, reference_size=ref_size, compressed_size=comp_size,
+        timing=Timing([speed[0]] * rounds, [speed[1]] * rounds, 1),
+        provenance={"hardware_class": "cpu-test"},
+        why_simulated="masks" if execution == "simulated" else "",
+    )
+
+
+def baseline_of(record: Record) -> dict:
+    return {k: g.__dict__ for k, g in gates_for(record).items()}
+
+
+def statuses(checks):
+    return {c.metric: c.status for c in checks}
+
+
+def test_gate_directions():
+    lower = Gate(1.0, 0.3, higher_is_better=False)
+    assert lower.regressed(1.31) and not lower.regressed(1.3)
+    assert lower.improved(0.69) and not lower.improved(0.7)
+    higher = Gate(4.0, 0.04, higher_is_better=True)
+    assert higher.regressed(3.95) and not higher.regressed(3.97)
+    assert higher.improved(4.05)
+
+
+def test_same_measurement_passes():
+    record = make_record()
+    checks = judge(record, baseline_of(record), speed_gated=True)
+    assert statuses(checks) == {"accuracy_drop": "pass", "size_ratio": "pass", "speedup": "pass"}
+
+
+def test_accuracy_regression_names_cell_metric_baseline_tolerance_and_value():
+    base = baseline_of(make_record(comp_metric=90.0))
+    checks = judge(make_record(comp_metric=88.0), base, speed_gated=True)
+    [fail] = [c for c in checks if c.failed]
+    assert fail.metric == "accuracy_drop"
+    assert fail.message == ("REGRESSED w-int8_static: accuracy_drop measured 3, baseline 1 "
+                            "± 0.3 (lower is better)")
+
+
+def test_size_growth_of_five_percent_fails():
+    base = baseline_of(make_record(comp_bytes=250))
+    checks = judge(make_record(comp_bytes=263), base, speed_gated=True)
+    assert statuses(checks)["size_ratio"] == "fail"
+
+
+def test_slowdown_fails_only_where_speed_is_gated():
+    base = baseline_of(make_record(speed=(10.0, 5.0)))
+    slow = make_record(speed=(10.0, 9.0))
+    assert statuses(judge(slow, base, speed_gated=True))["speedup"] == "fail"
+    other_class = judge(slow, base, speed_gated=False, speed_note="baseline from cpu-other")
+    assert statuses(other_class)["speedup"] == "reported"
+    assert "cpu-other" in [c for c in other_class if c.metric == "speedup"][0].message
+
+
+def test_simulated_technique_speedup_is_reported_not_gated():
+    record = make_record("prune_l1@0.5", speed=(10.0, 10.0), execution="simulated")
+    base = baseline_of(record)
+    base["speedup"]["value"] = 5.0  # even a stored claim of a speedup is not enforced
+    checks = judge(record, base, speed_gated=True)
+    speed = [c for c in checks if c.metric == "speedup"][0]
+    assert speed.status == "reported" and "simulated" in speed.message
+
+
+def test_clearly_better_is_reported_as_improved():
+    base = baseline_of(make_record(comp_metric=89.0))
+    checks = judge(make_record(comp_metric=90.5), base, speed_gated=True)
+    improved = [c for c in checks if c.status == "improved"]
+    assert [c.metric for c in improved] == ["accuracy_drop"]
+    assert improved[0].message.startswith("improved, re-bless")
+
+
+def test_missing_baseline_fails_with_how_to_fix():
+    [check] = judge(make_record(), None, speed_gated=True)
+    assert check.failed and "nox -s baselines" in check.message
+
+
+def test_nan_measurement_fails():
+    record = make_record(comp_metric=math.nan)
+    checks = judge(record, baseline_of(make_record()), speed_gated=True)
+    assert statuses(checks)["accuracy_drop"] == "fail"
+
+
+def test_zero_timing_rounds_is_an_error():
+    with pytest.raises(ValueError, match="non-zero number of rounds"):
+        Timing([], [], 1)
+
+
+def test_bless_keeps_cells_it_did_not_measure(tmp_path):
+    refs = {"w": reference_entry("top1_pct", 91.0, True, "abc")}
+    bless([make_record("int8_static"), make_record("fp16")], refs, "cpu-test", tmp_path)
+    lines = bless([make_record("int8_static", comp_metric=89.0)], refs, "cpu-test", tmp_path)
+    data = json.loads((tmp_path / "cpu-test" / "w.json").read_text())
+    assert set(data["cells"]) == {"int8_static", "fp16"}
+    assert data["cells"]["int8_static"]["accuracy_drop"]["value"] == 2.0
+    assert any("w-int8_static: accuracy_drop 1.0 -> 2.0" in line for line in lines)
+
+
+def test_baseline_falls_back_to_another_class_and_says_so(tmp_path):
+    refs = {"w": reference_entry("top1_pct", 91.0, True, "abc")}
+    bless([make_record()], refs, "cpu-x86_64-avx2", tmp_path)
+    found = load_baseline("w", "cpu-x86_64-avx512", tmp_path)
+    assert found is not None and found.hardware_class == "cpu-x86_64-avx2"
+    assert load_baseline("nothing", "cpu-x86_64-avx512", tmp_path) is None
+
+
+def test_corrupt_baseline_is_a_clear_error(tmp_path):
+    (tmp_path / "cpu-test").mkdir()
+    (tmp_path / "cpu-test" / "w.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_baseline("w", "cpu-test", tmp_path)
+
+
+def test_reference_gate(tmp_path):
+    refs = {"w": reference_entry("top1_pct", 91.0, True, "abc")}
+    bless([make_record()], refs, "cpu-test", tmp_path)
+    baseline = load_baseline("w", "cpu-test", tmp_path)
+    assert judge_reference("w", "top1_pct", 90.5, baseline).status == "pass"
+    assert judge_reference("w", "top1_pct", 89.0, baseline).failed
+    assert judge_reference("w", "top1_pct", 90.5, None).failed
