@@ -28,7 +28,10 @@ def finetune_keeping_zeros(model: nn.Module, finetune) -> None:
         if isinstance(weight, nn.Parameter) and weight.is_floating_point():
             mask = weight.detach() != 0
             if not bool(mask.all()):
-                parametrize.register_parametrization(module, "weight", _KeepZeros(mask.float()))
+                # The mask in the weight's dtype: a float32 mask would promote an fp16/bf16
+                # weight, which register_parametrization refuses (ValueError).
+                mask = mask.to(weight.dtype)
+                parametrize.register_parametrization(module, "weight", _KeepZeros(mask))
                 masked.append(module)
     finetune(model)
     for module in masked:

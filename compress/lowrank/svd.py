@@ -65,12 +65,14 @@ def svd(energy: float) -> Callable[[nn.Module, Context], Compressed]:
         raise ValueError(f"energy must be in (0, 1], got {energy}")
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
-        for parent in list(model.modules()):
+        # Only children are replaced, so wrap the model: a bare Linear/Conv2d is factorized too.
+        holder = nn.Sequential(model)
+        for parent in list(holder.modules()):
             for child_name, child in parent.named_children():
                 replacement = _factorized(child, energy)
                 if replacement is not None:
                     setattr(parent, child_name, replacement)
-        return Compressed(model, "real")
+        return Compressed(holder[0], "real")
 
     transform.__doc__ = (
         f"Factorize every Linear and dense Conv2d by truncated SVD keeping {energy:.0%} of the "
