@@ -56,8 +56,11 @@ def tests(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """The matrix (PR tier unless `-- --tier full`), judged against baselines/."""
+    reports = ROOT / "reports"
+    reports.mkdir(exist_ok=True)  # pytest-benchmark does not create the folder of its JSON
     _pytest(session, "benchmarks", "-p", "no:cacheprovider", "-q",
-            "--benchmark-json=reports/pytest-benchmark.json", "--benchmark-columns=min,median,max")
+            f"--benchmark-json={reports / 'pytest-benchmark.json'}",
+            "--benchmark-columns=min,median,max")
 
 
 @nox.session(venv_backend="none")

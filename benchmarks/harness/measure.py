@@ -26,10 +26,16 @@ def _tensors(value) -> Iterator[torch.Tensor]:
 
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
-    """Float and quantized tensors of the state_dict: weights, biases, norms (not int counters)."""
+    """Float and quantized tensors of the state_dict: weights, biases, norms.
+
+    Not int counters, and not 0-d tensors: those are quantization metadata (a layer's output
+    scale), not parameters.
+    """
     out = []
     for value in model.state_dict().values():
         for t in _tensors(value):
+            if t.dim() == 0:
+                continue
             if t.is_quantized:
                 out.append(t.int_repr())
             elif t.is_floating_point():

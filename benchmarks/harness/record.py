@@ -65,7 +65,7 @@ class Record:
         for key in ("reference_size", "compressed_size"):
             out[key]["bits_per_weight"] = getattr(self, key).bits_per_weight
         out.update(cell=self.cell, accuracy_drop=self.accuracy_drop, size_ratio=self.size_ratio,
-                   gzip_ratio=self.gzip_ratio)
+                   gzip_ratio=self.gzip_ratio, speedup=self.speedup)
         return _finite_or_none(out)
 
 

