@@ -9,7 +9,7 @@ from torch import nn
 
 import compress
 from benchmarks.harness import report
-from benchmarks.harness.measure import artifact_size, interleaved_latency
+from benchmarks.harness.measure import artifact_size, interleaved_latency, peak_batch_bytes
 from benchmarks.harness.record import Record
 from tests.test_verdict import make_record
 
@@ -41,6 +41,17 @@ def test_counts_quantized_weights():
     size = artifact_size(int8)
     assert size.params == 256 * 256 + 256 + 256 * 10 + 10
     assert size.memory_bytes < size.params * 2  # int8 weights, fp32 biases
+
+
+def test_peak_batch_bytes_sees_the_live_activations():
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(32, 64, 3, padding=1))
+    x = torch.randn(8, 1, 28, 28)
+    activation = 8 * 28 * 28 * 4  # bytes of one channel of the batch
+    # At the second conv both the ReLU's output (32 ch) and the new output (64 ch) are live;
+    # the first conv's output (32 ch) may or may not have been freed by then.
+    peak = peak_batch_bytes(lambda: model(x), "cpu")
+    assert 96 * activation <= peak <= 128 * activation
 
 
 def test_interleaved_latency_alternates_and_counts_rounds():

@@ -565,3 +565,42 @@ def test_half_precision_finetune_keeps_existing_zeros(name, dtype):
         assert weight.dtype is dtype
         assert torch.equal(weight == 0, model[i].weight == 0)
         assert not parametrize.is_parametrized(out.model[i])
+
+
+# --- BatchNorm re-estimation (part of pruning and svd) ----------------------------------------
+
+
+@FAST
+@given(seed=seeds, n_batches=st.integers(1, 4), batch=st.integers(2, 6))
+def test_reestimated_batchnorm_holds_the_exact_statistics_of_the_calibration_data(
+        seed, n_batches, batch):
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    randomize_bn(model, gen)
+    model.eval()
+    batches = [torch.randn(batch, 3, 5, 5, generator=gen) for _ in range(n_batches)]
+    out = get("prune_global@0.5").apply(model, Context(calibration=batches)).model
+    conv, bn = out.features[0], out.features[1]
+    with torch.no_grad():
+        acts = torch.cat([conv(b) for b in batches])  # what the first BatchNorm sees
+    per_channel = acts.transpose(0, 1).flatten(1)
+    # momentum=None is a cumulative average of the per-batch statistics (unbiased variance).
+    means = torch.stack([conv(b).detach().transpose(0, 1).flatten(1).mean(1) for b in batches])
+    vars_ = torch.stack([conv(b).detach().transpose(0, 1).flatten(1).var(1) for b in batches])
+    assert torch.allclose(bn.running_mean, means.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, vars_.mean(0), rtol=1e-4, atol=1e-5)
+    if n_batches == 1:
+        assert torch.allclose(bn.running_mean, per_channel.mean(1), atol=1e-5)
+    # Weights are untouched by it, the model is left in eval mode, momentum is restored.
+    assert not out.training and not bn.training and bn.momentum == model.features[1].momentum
+    assert int((conv.weight == 0).sum()) > 0
+
+
+def test_without_calibration_batchnorm_statistics_stay_as_they_were():
+    gen = torch.Generator().manual_seed(0)
+    model = SmallCNN()
+    randomize_bn(model, gen)
+    out = get("prune_channels@0.0").apply(model.eval(),
+                                            Context(example_input=torch.randn(1, 3, 8, 8)))
+    assert torch.equal(out.model.features[1].running_mean, model.features[1].running_mean)

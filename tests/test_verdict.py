@@ -30,6 +30,7 @@ def make_record(technique="int8_static", *, comp_metric=90.0, comp_bytes=250,
         metric="top1_pct", higher_is_better=True, reference_metric=91.0,
         compressed_metric=comp_metric, reference_size=ref_size, compressed_size=comp_size,
         timing=Timing([speed[0]] * rounds, [speed[1]] * rounds, 1),
+        reference_peak_memory_bytes=4000, compressed_peak_memory_bytes=2000,
         provenance={"hardware_class": "cpu-test"},
         why_simulated="masks" if execution == "simulated" else "",
     )

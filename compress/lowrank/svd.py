@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from compress.base import Compressed, Context
+from compress.batchnorm import reestimate_batchnorm
 
 
 def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
@@ -72,10 +73,12 @@ def svd(energy: float) -> Callable[[nn.Module, Context], Compressed]:
                 replacement = _factorized(child, energy)
                 if replacement is not None:
                     setattr(parent, child_name, replacement)
+        reestimate_batchnorm(holder[0], ctx.calibration)
         return Compressed(holder[0], "real")
 
     transform.__doc__ = (
         f"Factorize every Linear and dense Conv2d by truncated SVD keeping {energy:.0%} of the "
-        "spectral energy, where that saves parameters (depthwise convolutions are left alone)."
+        "spectral energy, where that saves parameters (depthwise convolutions are left alone); "
+        "then re-estimate BatchNorm statistics."
     )
     return transform

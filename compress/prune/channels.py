@@ -8,6 +8,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
+from compress.batchnorm import reestimate_batchnorm
 
 
 def output_layer(model: nn.Module) -> nn.Module:
@@ -33,10 +34,12 @@ def prune_channels(sparsity: float) -> Callable[[nn.Module, Context], Compressed
             ignored_layers=[output_layer(model)],
         )
         pruner.step()
+        reestimate_batchnorm(model, ctx.calibration)
         return Compressed(model, "real")
 
     transform.__doc__ = (
         f"Remove {sparsity:.0%} of the channels of every prunable layer group (lowest L1 norm "
-        "first), so the model really has fewer weights and FLOPs; the output layer is kept."
+        "first), so the model really has fewer weights and FLOPs; the output layer is kept. "
+        "BatchNorm statistics are then re-estimated."
     )
     return transform

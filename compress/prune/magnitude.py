@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from compress.base import Compressed, Context
+from compress.batchnorm import reestimate_batchnorm
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 DENSE_WHY = "zeros are stored and multiplied densely: no sparse kernel runs"
@@ -29,9 +30,11 @@ def prune_l1(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
         for module, name in prunable_weights(model):
             prune.l1_unstructured(module, name, amount=sparsity)
             prune.remove(module, name)
+        reestimate_batchnorm(model, ctx.calibration)
         return Compressed(model, "simulated", why_simulated=DENSE_WHY)
 
-    transform.__doc__ = f"Zero the {sparsity:.0%} smallest-magnitude weights of every layer."
+    transform.__doc__ = (f"Zero the {sparsity:.0%} smallest-magnitude weights of every layer, "
+                         "then re-estimate BatchNorm statistics.")
     return transform
 
 
@@ -43,7 +46,9 @@ def prune_global(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
         prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
         for module, name in params:
             prune.remove(module, name)
+        reestimate_batchnorm(model, ctx.calibration)
         return Compressed(model, "simulated", why_simulated=DENSE_WHY)
 
-    transform.__doc__ = f"Zero the {sparsity:.0%} smallest-magnitude weights across all layers."
+    transform.__doc__ = (f"Zero the {sparsity:.0%} smallest-magnitude weights across all layers, "
+                         "then re-estimate BatchNorm statistics.")
     return transform
