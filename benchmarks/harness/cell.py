@@ -10,8 +10,8 @@ import compress
 from benchmarks.harness.measure import (
     Size,
     artifact_size,
-    cuda_peak_memory_bytes,
     interleaved_latency,
+    peak_batch_bytes,
 )
 from benchmarks.harness.provenance import provenance
 from benchmarks.harness.record import Record
@@ -24,11 +24,19 @@ class Reference:
 
     score: Score
     size: Size
+    peak_memory_bytes: int
+
+
+def peak_memory_bytes(model: torch.nn.Module, x: torch.Tensor, size: Size, device: str) -> int:
+    """Inference memory for one timing batch: resident weights plus the batch's peak."""
+    return size.memory_bytes + peak_batch_bytes(lambda: model(x), device)
 
 
 def measure_reference(workload: Workload, device: str) -> Reference:
     model = workload.model.to(device)
-    return Reference(workload.evaluate(model, torch.float32), artifact_size(model))
+    size = artifact_size(model)
+    return Reference(workload.evaluate(model, torch.float32), size,
+                     peak_memory_bytes(model, workload.example_input.to(device), size, device))
 
 
 def run_cell(workload: Workload, reference: Reference, technique_name: str, *, device: str,
@@ -52,6 +60,7 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
     x_comp = x_ref.to(compressed.input_dtype)
     timing = interleaved_latency(lambda: reference_model(x_ref), lambda: model(x_comp),
                                  device=device, n_threads=n_threads)
+    size = artifact_size(model)
     record = Record(
         workload=workload.name,
         technique=technique.name,
@@ -63,9 +72,10 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         reference_metric=reference.score.value,
         compressed_metric=score.value,
         reference_size=reference.size,
-        compressed_size=artifact_size(model),
+        compressed_size=size,
         timing=timing,
-        peak_memory_bytes=cuda_peak_memory_bytes(lambda: model(x_comp)),
+        reference_peak_memory_bytes=reference.peak_memory_bytes,
+        compressed_peak_memory_bytes=peak_memory_bytes(model, x_comp, size, device),
         provenance={**provenance(device, n_threads),
                     "reference_checkpoint_sha256": workload.checkpoint_sha256},
         per_sample={"reference": reference.score.per_sample, "compressed": score.per_sample},

@@ -169,13 +169,30 @@ def interleaved_latency(
     return Timing(ref_ms, comp_ms, n_threads)
 
 
-def cuda_peak_memory_bytes(fn: Callable[[], object]) -> int | None:
-    """Peak CUDA memory allocated while `fn` runs; None off CUDA (no reliable CPU equivalent)."""
-    if not torch.cuda.is_available():
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+def peak_batch_bytes(fn: Callable[[], object], device: str) -> int:
+    """Peak bytes the allocator holds during one call of `fn`, beyond what it held before.
+
+    That is the activations and workspaces of one batch; the weights, already resident, are
+    not in it. On CUDA from the allocator's peak counter; on CPU by replaying the profiler's
+    allocation and free events of torch's CPU allocator (buffers a backend allocates outside
+    it, such as oneDNN scratchpads, are not seen).
+    """
     with torch.inference_mode():
+        fn()  # one-time weight packing (fbgemm, oneDNN) is not a per-batch cost
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    activity = torch.profiler.ProfilerActivity.CPU
+    with torch.inference_mode(), torch.profiler.profile(activities=[activity],
+                                                        profile_memory=True) as prof:
         fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage  # + on the allocating op, - on "[memory]" frees
+        peak = max(peak, live)
+    return peak

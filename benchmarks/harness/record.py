@@ -21,9 +21,11 @@ class Record:
     reference_size: Size
     compressed_size: Size
     timing: Timing
+    # Resident weights plus one timing batch's peak allocations (measure.peak_batch_bytes).
+    reference_peak_memory_bytes: int
+    compressed_peak_memory_bytes: int
     provenance: dict
     why_simulated: str = ""
-    peak_memory_bytes: int | None = None
     # The paired outcomes the metrics came from (kept in memory for tests; not serialized).
     per_sample: dict = field(default_factory=dict, repr=False)
 
@@ -50,6 +52,11 @@ class Record:
     def speedup(self) -> float:
         return self.timing.speedup
 
+    @property
+    def memory_ratio(self) -> float:
+        """Reference peak inference memory / compressed: 2.0 = needs half the memory."""
+        return self.reference_peak_memory_bytes / self.compressed_peak_memory_bytes
+
     def gated(self) -> dict[str, float]:
         """The three numbers the verdicts judge."""
         return {"accuracy_drop": self.accuracy_drop, "size_ratio": self.size_ratio,
@@ -65,7 +72,8 @@ class Record:
         for key in ("reference_size", "compressed_size"):
             out[key]["bits_per_weight"] = getattr(self, key).bits_per_weight
         out.update(cell=self.cell, accuracy_drop=self.accuracy_drop, size_ratio=self.size_ratio,
-                   gzip_ratio=self.gzip_ratio, speedup=self.speedup)
+                   gzip_ratio=self.gzip_ratio, speedup=self.speedup,
+                   memory_ratio=self.memory_ratio)
         return _finite_or_none(out)
 
 

@@ -34,6 +34,7 @@ def _rows(records: list[Record], checks: dict[str, list[Check]]) -> list[list[st
             f"{r.compressed_size.size_bytes / 1e6:.3f}",
             f"{r.size_ratio:.2f}x",
             f"{r.gzip_ratio:.2f}x",
+            f"{r.compressed_peak_memory_bytes / 1e6:.2f}",
             speed,
             cell_verdict(checks.get(r.cell, [])),
         ])
@@ -41,7 +42,7 @@ def _rows(records: list[Record], checks: dict[str, list[Check]]) -> list[list[st
 
 
 HEADER = ["workload", "technique", "exec", "metric ref -> comp", "drop", "size MB", "size ratio",
-          "gzip ratio", "speedup [IQR]", "verdict"]
+          "gzip ratio", "peak MB", "speedup [IQR]", "verdict"]
 
 
 def text_table(records: list[Record], checks: dict[str, list[Check]]) -> str:
