@@ -87,5 +87,5 @@ def test_report_files(tmp_path):
     assert [c["cell"] for c in ledger["cells"]] == ["w-int8_static", "w-prune_l1@0.5"]
     assert ledger["cells"][0]["size_ratio"] == 4.0 and ledger["cells"][0]["speedup"] == 2.0
     text = md.read_text()
-    assert "| w | int8_static | real |" in text and "2.00x [2.00-2.00] sim" in text
+    assert "| w | int8_static | real |" in text and "2.00x [2.00, 2.00] sim" in text
     assert (tmp_path / "pareto-w.png").stat().st_size > 10_000

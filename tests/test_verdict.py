@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from benchmarks.harness.measure import Size, Timing
 from benchmarks.harness.record import Record
@@ -148,3 +149,54 @@ def test_reference_gate(tmp_path):
     assert judge_reference("w", "top1_pct", 90.5, baseline).status == "pass"
     assert judge_reference("w", "top1_pct", 89.0, baseline).failed
     assert judge_reference("w", "top1_pct", 90.5, None).failed
+    same = judge_reference("w", "top1_pct", 91.0, baseline, checkpoint="abc")
+    other = judge_reference("w", "top1_pct", 91.0, baseline, checkpoint="def")
+    assert "NOTE" not in same.message
+    assert other.status == "pass" and "checkpoint def is not the blessed abc" in other.message
+
+
+# --- verdicts with intervals: detection power and the A/A case ----------------------------------
+
+
+def sampled_record(technique="int8_static", *, lost=30, speed=(10.0, 5.0),
+                   comp_bytes=250) -> Record:
+    """A record whose accuracy comes from 10,000 paired test outcomes (90 % reference)."""
+    gen = torch.Generator().manual_seed(0)
+    ref = 100.0 * (torch.rand(10_000, generator=gen) < 0.9).float()
+    comp = ref.clone()
+    comp[(ref > 0).nonzero().flatten()[:lost]] = 0.0
+    record = make_record(technique, comp_metric=comp.mean().item(), comp_bytes=comp_bytes,
+                         speed=speed)
+    record.reference_metric = ref.mean().item()
+    record.per_sample = {"reference": ref, "compressed": comp}
+    return record
+
+
+def test_a_half_point_accuracy_regression_is_caught_and_an_unchanged_cell_passes():
+    baseline = baseline_of(sampled_record(lost=30))  # blessed drop: 0.3 pp
+    assert not [c for c in judge(sampled_record(lost=30), baseline, speed_gated=True)
+                if c.status != "pass"]
+    checks = judge(sampled_record(lost=80), baseline, speed_gated=True)  # +0.5 pp
+    assert statuses(checks)["accuracy_drop"] == "fail"
+    assert "95% CI" in [c for c in checks if c.failed][0].message
+
+
+def test_a_five_percent_size_growth_is_caught():
+    baseline = baseline_of(sampled_record())
+    checks = judge(sampled_record(comp_bytes=round(250 * 1.05)), baseline, speed_gated=True)
+    assert statuses(checks)["size_ratio"] == "fail"
+
+
+def test_a_change_the_test_set_cannot_resolve_is_reported_not_failed():
+    """On 10 samples a 10 pp drop is one answer: beyond the tolerance, within the noise."""
+    ref = torch.tensor([100.0] * 9 + [0.0])
+    comp = ref.clone()
+    comp[0] = 0.0
+    record = make_record(comp_metric=comp.mean().item())
+    record.reference_metric = ref.mean().item()
+    record.per_sample = {"reference": ref, "compressed": comp}
+    baseline = baseline_of(make_record(comp_metric=91.0))  # blessed drop: 0
+    check = next(c for c in judge(record, baseline, speed_gated=True)
+                 if c.metric == "accuracy_drop")
+    assert check.status == "undetectable" and not check.failed
+    assert "below detectable" in check.message

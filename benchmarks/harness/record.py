@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 from benchmarks.harness.measure import Size, Timing
+from benchmarks.harness.stats import Interval, median_ratio, paired_drop
 
 
 @dataclass
@@ -52,6 +54,19 @@ class Record:
     def speedup(self) -> float:
         return self.timing.speedup
 
+    @cached_property
+    def drop_interval(self) -> Interval | None:
+        """The accuracy drop with its paired-bootstrap 95 % interval (None without samples)."""
+        ref, comp = self.per_sample.get("reference"), self.per_sample.get("compressed")
+        if ref is None or comp is None:
+            return None
+        return paired_drop(ref, comp, higher_is_better=self.higher_is_better)
+
+    @cached_property
+    def speedup_interval(self) -> Interval:
+        """The median per-round speedup with its bootstrap 95 % interval."""
+        return median_ratio(self.timing.ratios)
+
     @property
     def memory_ratio(self) -> float:
         """Reference peak inference memory / compressed: 2.0 = needs half the memory."""
@@ -63,8 +78,7 @@ class Record:
                 "speedup": self.speedup}
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        out.pop("per_sample")
+        out = {k: v for k, v in asdict(self).items() if k != "per_sample"}
         out["timing"]["speedup"] = self.speedup
         out["timing"]["speedup_iqr"] = list(self.timing.speedup_iqr)
         out["timing"]["reference_median_ms"] = _median(self.timing.reference_ms)
@@ -73,7 +87,10 @@ class Record:
             out[key]["bits_per_weight"] = getattr(self, key).bits_per_weight
         out.update(cell=self.cell, accuracy_drop=self.accuracy_drop, size_ratio=self.size_ratio,
                    gzip_ratio=self.gzip_ratio, speedup=self.speedup,
-                   memory_ratio=self.memory_ratio)
+                   memory_ratio=self.memory_ratio,
+                   speedup_ci=[self.speedup_interval.low, self.speedup_interval.high])
+        if self.drop_interval is not None:
+            out["accuracy_drop_ci"] = [self.drop_interval.low, self.drop_interval.high]
         return _finite_or_none(out)
 
 

@@ -12,9 +12,10 @@ from benchmarks.harness.verdict import Check
 
 
 def cell_verdict(checks: Iterable[Check]) -> str:
-    """One word per cell: FAIL beats improved beats blessed beats pass."""
+    """One word per cell: FAIL beats improved beats below detectable beats blessed beats pass."""
     statuses = {c.status for c in checks}
-    for status, word in (("fail", "FAIL"), ("improved", "improved"), ("blessed", "blessed")):
+    for status, word in (("fail", "FAIL"), ("improved", "improved"),
+                         ("undetectable", "below detectable"), ("blessed", "blessed")):
         if status in statuses:
             return word
     return "pass" if statuses else "not judged"
@@ -23,14 +24,16 @@ def cell_verdict(checks: Iterable[Check]) -> str:
 def _rows(records: list[Record], checks: dict[str, list[Check]]) -> list[list[str]]:
     rows = []
     for r in records:
-        low, high = r.timing.speedup_iqr
-        speed = f"{r.speedup:.2f}x [{low:.2f}-{high:.2f}]"
+        speed = f"{r.speedup:.2f}x [{r.speedup_interval.low:.2f}, {r.speedup_interval.high:.2f}]"
+        drop = f"{r.accuracy_drop:+.2f}"
+        if r.drop_interval is not None:
+            drop += f" [{r.drop_interval.low:+.2f}, {r.drop_interval.high:+.2f}]"
         if r.execution == "simulated":
             speed += " sim"
         rows.append([
             r.workload, r.technique, r.execution,
             f"{r.reference_metric:.2f} -> {r.compressed_metric:.2f}",
-            f"{r.accuracy_drop:+.2f}",
+            drop,
             f"{r.compressed_size.size_bytes / 1e6:.3f}",
             f"{r.size_ratio:.2f}x",
             f"{r.gzip_ratio:.2f}x",
@@ -41,8 +44,8 @@ def _rows(records: list[Record], checks: dict[str, list[Check]]) -> list[list[st
     return rows
 
 
-HEADER = ["workload", "technique", "exec", "metric ref -> comp", "drop", "size MB", "size ratio",
-          "gzip ratio", "peak MB", "speedup [IQR]", "verdict"]
+HEADER = ["workload", "technique", "exec", "metric ref -> comp", "drop [95% CI]", "size MB",
+          "size ratio", "gzip ratio", "peak MB", "speedup [95% CI]", "verdict"]
 
 
 def text_table(records: list[Record], checks: dict[str, list[Check]]) -> str:
@@ -125,17 +128,20 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
     path = folder / "report.md"
     failing = [c.message for cs in checks.values() for c in cs if c.failed]
     improved = [c.message for cs in checks.values() for c in cs if c.status == "improved"]
+    unresolved = [c.message for cs in checks.values() for c in cs if c.status == "undetectable"]
     lines = [
         "# compress-bench report",
         "",
         f"Hardware class `{run['hardware_class']}`, {run['cpu']}, torch {run['torch']}, "
         f"{run['threads']} timing thread(s), commit `{run['git_sha']}`, tier `{run['tier']}`.",
         "",
-        "`drop` is the task metric lost (pp for top-1); `size ratio` is reference bytes over "
-        "compressed bytes of the saved state_dict (gzip ratio: the same, gzip-compressed); "
-        "`speedup` is the median ratio of reference to compressed latency over interleaved "
-        "rounds, with its interquartile range. `sim` marks simulated execution (masks or casts "
-        "with no fast kernel here): its speedup is reported, never claimed.",
+        "`drop` is the task metric lost (pp for top-1), with its 95 % interval from a paired "
+        "bootstrap over the test samples; `size ratio` is reference bytes over compressed bytes "
+        "of the saved state_dict (gzip ratio: the same, gzip-compressed); `speedup` is the "
+        "median ratio of reference to compressed latency over interleaved rounds, with its "
+        "bootstrap 95 % interval. `sim` marks simulated execution (masks or casts with no fast "
+        "kernel here): its speedup is reported, never claimed. `below detectable`: beyond the "
+        "tolerance, but the interval still holds the baseline.",
         "",
         markdown_table(records, checks),
         "",
@@ -144,6 +150,8 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
         lines += ["## Regressions", "", *[f"- {m}" for m in failing], ""]
     if improved:
         lines += ["## Improved (re-bless the baseline)", "", *[f"- {m}" for m in improved], ""]
+    if unresolved:
+        lines += ["## Below detectable (not failed)", "", *[f"- {m}" for m in unresolved], ""]
     by_workload: dict[str, list[Record]] = {}
     for r in records:
         by_workload.setdefault(r.workload, []).append(r)

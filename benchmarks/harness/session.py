@@ -76,7 +76,8 @@ class BenchRun:
     def judge_reference(self, workload_name: str) -> Check:
         workload, reference = self.workload(workload_name)
         found, _, _ = self.baseline(workload_name)
-        check = judge_reference(workload_name, workload.metric, reference.score.value, found)
+        check = judge_reference(workload_name, workload.metric, reference.score.value, found,
+                                workload.checkpoint_sha256)
         self.checks[check.cell] = [check]
         return check
 
@@ -88,7 +89,8 @@ class BenchRun:
         """Write the reports (and, when asked, the baselines); return lines to print."""
         if not self.records:
             return []
-        lines = []
+        lines = [checks[0].message for cell, checks in self.checks.items()
+                 if cell.endswith("-reference")]
         if self.update_baselines:
             refs = {name: reference_entry(w.metric, self.references[name].score.value,
                                           w.higher_is_better, w.checkpoint_sha256)

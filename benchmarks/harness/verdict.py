@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.harness.record import Record
+from benchmarks.harness.stats import Interval
 
 BASELINES = Path(__file__).resolve().parents[2] / "baselines"
 SCHEMA = 1
@@ -36,7 +37,8 @@ class Gate:
 class Check:
     cell: str
     metric: str
-    # "pass", "fail", "improved", "reported" (measured, not gated), "blessed" (new baseline)
+    # "pass", "fail", "improved", "reported" (measured, not gated), "blessed" (new baseline),
+    # "undetectable" (beyond the tolerance, but within what the measurement can resolve)
     status: str
     measured: float
     message: str
@@ -78,6 +80,7 @@ def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
         return [Check(cell, "baseline", "fail", math.nan,
                       f"{cell}: no baseline for this cell; bless one with `nox -s baselines` "
                       "and review the diff")]
+    intervals = {"accuracy_drop": record.drop_interval, "speedup": record.speedup_interval}
     checks = []
     for metric, measured in record.gated().items():
         stored = cell_baseline.get(metric)
@@ -102,17 +105,30 @@ def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
                                 f"{cell}: baseline has no {metric}; re-bless with "
                                 "`nox -s baselines`"))
             continue
-        direction = "higher" if gate.higher_is_better else "lower"
-        detail = (f"{cell}: {metric} measured {measured:.4g}, baseline {gate.value:.4g} "
-                  f"± {gate.tolerance:.4g} ({direction} is better)")
-        if gate.regressed(measured):
-            checks.append(Check(cell, metric, "fail", measured, f"REGRESSED {detail}", gate))
-        elif gate.improved(measured):
-            checks.append(Check(cell, metric, "improved", measured,
-                                f"improved, re-bless: {detail}", gate))
-        else:
-            checks.append(Check(cell, metric, "pass", measured, detail, gate))
+        checks.append(_against(cell, metric, measured, gate, intervals.get(metric)))
     return checks
+
+
+def _against(cell: str, metric: str, measured: float, gate: Gate,
+             interval: Interval | None) -> Check:
+    """Beyond the tolerance *and* outside the measurement's own 95 % interval: a real change.
+
+    Beyond the tolerance but with the baseline still inside the interval, the change is
+    smaller than this cell can resolve (few samples, noisy timing): reported, not failed.
+    """
+    direction = "higher" if gate.higher_is_better else "lower"
+    ci = f", 95% CI [{interval.low:.4g}, {interval.high:.4g}]" if interval else ""
+    detail = (f"{cell}: {metric} measured {measured:.4g}{ci}, baseline {gate.value:.4g} "
+              f"± {gate.tolerance:.4g} ({direction} is better)")
+    resolved = interval is None or gate.value not in interval
+    if gate.regressed(measured):
+        if resolved:
+            return Check(cell, metric, "fail", measured, f"REGRESSED {detail}", gate)
+        return Check(cell, metric, "undetectable", measured,
+                     f"below detectable: {detail}; the interval still holds the baseline", gate)
+    if gate.improved(measured) and resolved:
+        return Check(cell, metric, "improved", measured, f"improved, re-bless: {detail}", gate)
+    return Check(cell, metric, "pass", measured, detail, gate)
 
 
 @dataclass(frozen=True)
@@ -200,8 +216,13 @@ REFERENCE_TOLERANCE = 1.0  # task-metric units: a retrained reference may move t
 
 
 def judge_reference(workload: str, metric: str, measured: float,
-                    baseline: BaselineFile | None) -> Check:
-    """The reference model itself must still score what its baseline says."""
+                    baseline: BaselineFile | None, checkpoint: str = "") -> Check:
+    """The reference model itself must still score what its baseline says.
+
+    A reference whose checkpoint differs from the blessed one (trained on another ISA, or by
+    a changed recipe) is judged by its metric alone, and the message says so: every cell's
+    accuracy then stands on other weights, and may move more than its tolerance.
+    """
     cell = f"{workload}-reference"
     stored = baseline.reference if baseline else None
     if not stored:
@@ -210,6 +231,11 @@ def judge_reference(workload: str, metric: str, measured: float,
     gate = Gate(stored["value"], stored["tolerance"], stored["higher_is_better"])
     detail = (f"{cell}: {metric} measured {measured:.4g}, baseline {gate.value:.4g} "
               f"± {gate.tolerance:.4g}")
+    blessed_with = stored.get("checkpoint_sha256", "")
+    if checkpoint and blessed_with and checkpoint != blessed_with:
+        detail += (f"; NOTE checkpoint {checkpoint[:12]} is not the blessed {blessed_with[:12]}: "
+                   "cells are measured on other weights; bless this machine's baselines if "
+                   "their accuracy moved")
     if not math.isfinite(measured) or gate.regressed(measured):
         return Check(cell, metric, "fail", measured, f"REGRESSED {detail}", gate)
     status = "improved" if gate.improved(measured) else "pass"

@@ -14,12 +14,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from benchmarks.harness.measure import threads
+
 TIERS = ("pr", "full")
 
 
 @dataclass(frozen=True)
 class Score:
-    """A task metric and the per-sample outcomes it was computed from (for paired tests)."""
+    """A task metric and the per-sample outcomes it was computed from (for paired tests).
+
+    `per_sample` holds each test sample's contribution in the metric's own unit, so that
+    `value` is their mean (top-1 in %: 100 for a right answer, 0 for a wrong one).
+    """
 
     value: float
     per_sample: torch.Tensor
@@ -49,9 +55,17 @@ def cache_dir() -> Path:
     return path
 
 
+# Bump when train() or cached_state_dict() change what a recipe produces: old caches retrain.
+TRAINER_VERSION = 2
+# Training runs on a fixed number of threads: float reductions split across threads add up in
+# another order, so a recipe gives the same bytes only on the same thread count (and ISA).
+TRAIN_THREADS = 2
+
+
 def recipe_key(recipe) -> str:
-    """A short hash of everything that determines a trained model: the recipe and torch."""
-    payload = json.dumps({"recipe": asdict(recipe), "torch": torch.__version__}, sort_keys=True)
+    """A short hash of everything that determines a trained model: recipe, trainer, torch."""
+    payload = json.dumps({"recipe": asdict(recipe), "trainer": TRAINER_VERSION,
+                          "torch": torch.__version__}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -65,6 +79,7 @@ def cached_state_dict(name: str, recipe, build: Callable[[], nn.Module]) -> tupl
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True), path
     print(f"\n[{name}] training the reference model (cached at {path})", file=sys.stderr)
+    torch.manual_seed(recipe.seed)  # before build(): the initial weights must be seeded too
     state = build().state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -96,7 +111,7 @@ def train(
     `fetch(indices)` returns a batch (inputs, labels); `max_steps` cuts training short
     (a recovery fine-tune is a few hundred steps of the same loop).
     """
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # dropout and anything else that draws from the global generator
     gen = torch.Generator().manual_seed(seed)
     plan = [idx for _ in range(epochs) for idx in torch.randperm(n_items, generator=gen)
             .split(batch_size) if len(idx) == batch_size][:max_steps]
@@ -105,12 +120,13 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     bar = progress(plan, desc=desc, unit="step")
-    for idx in bar:
-        x, y = fetch(idx)
-        loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    with threads(TRAIN_THREADS):
+        for idx in bar:
+            x, y = fetch(idx)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     return model.eval()

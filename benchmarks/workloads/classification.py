@@ -63,8 +63,8 @@ def image_classifier(
                 x = prepare(data.test_images[start:start + EVAL_BATCH]).to(input_dtype)
                 pred = candidate(x).argmax(dim=1)
                 correct.append(pred == data.test_labels[start:start + EVAL_BATCH])
-        per_sample = torch.cat(correct)
-        return Score(100.0 * per_sample.float().mean().item(), per_sample)
+        per_sample = 100.0 * torch.cat(correct).float()
+        return Score(per_sample.mean().item(), per_sample)
 
     def finetune(candidate: nn.Module) -> None:
         train(candidate, fetch, len(data.train_labels), epochs=1, batch_size=recipe.batch_size,

@@ -1,0 +1,82 @@
+"""Statistics behind the verdicts: paired intervals for accuracy drop and speedup.
+
+Both metrics come from paired data. Accuracy: the reference and the compressed model score
+the same test samples, so the drop's uncertainty is that of the per-sample *differences*
+(much smaller than two independent accuracies). Speedup: reference and compressed run in
+alternating rounds, so each round gives one ratio; the speedup is their median.
+Intervals are percentile bootstraps with a fixed seed, so a run's report is reproducible.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+LEVEL = 0.95
+RESAMPLES = 2000
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def __contains__(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+def _quantiles(samples: torch.Tensor, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2
+    low, high = torch.quantile(samples.double(), torch.tensor([tail, 1 - tail],
+                                                               dtype=torch.float64))
+    return float(low), float(high)
+
+
+def paired_drop(reference: torch.Tensor, compressed: torch.Tensor, *,
+                higher_is_better: bool = True, level: float = LEVEL,
+                resamples: int = RESAMPLES) -> Interval:
+    """The drop of a metric that is the mean of per-sample values, with its interval.
+
+    Resamples test samples (the same ones for both models), so agreement between the two
+    models narrows the interval. For top-1 in percent, per-sample values are 100 or 0.
+    """
+    if reference.shape != compressed.shape or reference.ndim != 1:
+        raise ValueError("paired_drop needs two 1-d per-sample tensors of the same length, got "
+                         f"{tuple(reference.shape)} and {tuple(compressed.shape)}")
+    n = reference.numel()
+    if n == 0:
+        raise ValueError("paired_drop: zero samples; the evaluation produced no outcomes")
+    diff = reference.double() - compressed.double()
+    if not higher_is_better:
+        diff = -diff
+    estimate = float(diff.mean())
+    gen = torch.Generator().manual_seed(SEED)
+    means = []
+    chunk = max(1, 4_000_000 // n)  # bound the index matrix to ~32 MB
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        idx = torch.randint(n, (rows, n), generator=gen)
+        means.append(diff[idx].mean(dim=1))
+    low, high = _quantiles(torch.cat(means), level)
+    return Interval(estimate, low, high)
+
+
+def median_ratio(ratios: list[float], *, level: float = LEVEL,
+                 resamples: int = RESAMPLES) -> Interval:
+    """The median per-round ratio and its bootstrap interval (rounds resampled)."""
+    if not ratios:
+        raise ValueError("median_ratio: zero timing rounds")
+    values = torch.tensor(ratios, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(SEED)
+    idx = torch.randint(len(ratios), (resamples, len(ratios)), generator=gen)
+    medians = torch.quantile(values[idx], 0.5, dim=1)  # the same median as statistics'
+    low, high = _quantiles(medians, level)
+    return Interval(statistics.median(ratios), low, high)
