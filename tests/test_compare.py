@@ -1,0 +1,55 @@
+"""`python -m benchmarks.harness.compare`: the verdicts from a ledger, without pytest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.harness import compare, report
+from benchmarks.harness.verdict import bless, reference_entry
+from tests.test_verdict import sampled_record
+
+RUN = {"hardware_class": "cpu-test", "cpu": "test", "torch": "x", "threads": 1,
+       "git_sha": "abc", "tier": "pr"}
+
+
+@pytest.fixture
+def ledger_and_baselines(tmp_path):
+    record = sampled_record(lost=30)
+    bless([record], {"w": reference_entry("top1_pct", 90.0, True, "abc")}, "cpu-test",
+          tmp_path / "baselines")
+    ledger = tmp_path / "ledger.json"
+    report.write_ledger(ledger, [record], {}, RUN)
+    return ledger, tmp_path / "baselines"
+
+
+def test_an_unchanged_ledger_passes(ledger_and_baselines, capsys):
+    ledger, baselines = ledger_and_baselines
+    assert compare.main([str(ledger), "--baselines", str(baselines)]) == 0
+    assert "3 checks, 0 failed" in capsys.readouterr().out
+
+
+def test_a_regressed_ledger_fails_and_says_which_cell(ledger_and_baselines, capsys):
+    ledger, baselines = ledger_and_baselines
+    report.write_ledger(ledger, [sampled_record(lost=80)], {}, RUN)  # 0.5 pp more lost
+    assert compare.main([str(ledger), "--baselines", str(baselines)]) == 1
+    assert "REGRESSED w-int8_static: accuracy_drop measured 0.8, 95% CI" in \
+        capsys.readouterr().out
+
+
+def test_nan_and_missing_baselines_fail(ledger_and_baselines, tmp_path):
+    ledger, baselines = ledger_and_baselines
+    data = json.loads(ledger.read_text())
+    data["cells"][0]["speedup"] = None  # NaN, as the ledger writes it
+    ledger.write_text(json.dumps(data))
+    assert compare.main([str(ledger), "--baselines", str(baselines)]) == 1
+    assert compare.main([str(ledger), "--baselines", str(tmp_path / "empty")]) == 1
+
+
+def test_an_unreadable_or_empty_ledger_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="cannot read ledger"):
+        compare.main([str(tmp_path / "missing.json")])
+    (tmp_path / "empty.json").write_text(json.dumps({"run": RUN, "cells": []}))
+    with pytest.raises(SystemExit, match="has no cells"):
+        compare.main([str(tmp_path / "empty.json")])
