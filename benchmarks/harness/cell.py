@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 import compress
+from benchmarks.harness import selfcheck
 from benchmarks.harness.measure import (
     Size,
     artifact_size,
     interleaved_latency,
     peak_batch_bytes,
+    threads,
 )
 from benchmarks.harness.provenance import provenance
 from benchmarks.harness.record import Record
@@ -58,8 +61,14 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
     score = workload.evaluate(model, compressed.input_dtype)
     x_ref = workload.example_input.to(device)
     x_comp = x_ref.to(compressed.input_dtype)
-    timing = interleaved_latency(lambda: reference_model(x_ref), lambda: model(x_comp),
-                                 device=device, n_threads=n_threads)
+    time_reference, time_compressed = timed_calls(reference_model, model, x_ref, x_comp)
+    timing = interleaved_latency(time_reference, time_compressed, device=device,
+                                 n_threads=n_threads)
+    with threads(n_threads), torch.inference_mode():
+        timed_output, evaluated_output = time_compressed(), model(x_comp)
+    per_sample = {"reference": reference.score.per_sample, "compressed": score.per_sample}
+    problems = (selfcheck.score_problems(per_sample) + selfcheck.timing_problems(timing)
+                + selfcheck.output_problems(timed_output, evaluated_output))
     size = artifact_size(model)
     record = Record(
         workload=workload.name,
@@ -78,6 +87,13 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         compressed_peak_memory_bytes=peak_memory_bytes(model, x_comp, size, device),
         provenance={**provenance(device, n_threads),
                     "reference_checkpoint_sha256": workload.checkpoint_sha256},
-        per_sample={"reference": reference.score.per_sample, "compressed": score.per_sample},
+        self_check_problems=problems,
+        per_sample=per_sample,
     )
     return record, compressed
+
+
+def timed_calls(reference_model: torch.nn.Module, model: torch.nn.Module, x_ref: torch.Tensor,
+                x_comp: torch.Tensor) -> tuple[Callable[[], object], Callable[[], object]]:
+    """What the timer calls: one forward pass of each model on the timing batch."""
+    return (lambda: reference_model(x_ref)), (lambda: model(x_comp))

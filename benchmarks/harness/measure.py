@@ -102,6 +102,9 @@ class Timing:
     reference_ms: list[float]
     compressed_ms: list[float]
     threads: int
+    # CUDA only: one call of each bracketed by torch.cuda.synchronize itself, outside the
+    # timing loop, so a loop that stopped waiting for the GPU shows (selfcheck).
+    settled_ms: tuple[float, float] | None = None
 
     def __post_init__(self):
         if not self.reference_ms or len(self.reference_ms) != len(self.compressed_ms):
@@ -166,7 +169,18 @@ def interleaved_latency(
                 ref_ms.append(timed(reference))
             if len(ref_ms) >= min_rounds and time.perf_counter() - began > budget_s:
                 break
-    return Timing(ref_ms, comp_ms, n_threads)
+        settled = None
+        if device.startswith("cuda"):
+            settled = (_settled_ms(reference), _settled_ms(compressed))
+    return Timing(ref_ms, comp_ms, n_threads, settled)
+
+
+def _settled_ms(fn: Callable[[], object]) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
 
 
 def peak_batch_bytes(fn: Callable[[], object], device: str) -> int:

@@ -28,6 +28,8 @@ class Record:
     compressed_peak_memory_bytes: int
     provenance: dict
     why_simulated: str = ""
+    # What the benchmark's self-checks found wrong with this measurement (selfcheck.py).
+    self_check_problems: list[str] = field(default_factory=list)
     # The paired outcomes the metrics came from (kept in memory for tests; not serialized).
     per_sample: dict = field(default_factory=dict, repr=False)
 
@@ -54,11 +56,15 @@ class Record:
     def speedup(self) -> float:
         return self.timing.speedup
 
+    @property
+    def speedup_iqr(self) -> tuple[float, float]:
+        return self.timing.speedup_iqr
+
     @cached_property
     def drop_interval(self) -> Interval | None:
         """The accuracy drop with its paired-bootstrap 95 % interval (None without samples)."""
         ref, comp = self.per_sample.get("reference"), self.per_sample.get("compressed")
-        if ref is None or comp is None:
+        if ref is None or comp is None or ref.numel() == 0:
             return None
         return paired_drop(ref, comp, higher_is_better=self.higher_is_better)
 

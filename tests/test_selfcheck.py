@@ -1,0 +1,171 @@
+"""Self-checks of the benchmark: inject each classic benchmarking fault, see the cell fail.
+
+The cells run through the real harness (`run_cell`, `judge`) on a small model with synthetic
+data, so each test shows the fault is caught where `nox -s bench` would catch it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import compress
+from benchmarks.harness import cell as cell_module
+from benchmarks.harness import measure
+from benchmarks.harness.cell import measure_reference, run_cell
+from benchmarks.harness.measure import interleaved_latency
+from benchmarks.harness.selfcheck import output_problems, timing_problems
+from benchmarks.harness.verdict import baseline_entry, judge
+from benchmarks.workloads.base import Score, Workload
+
+
+def small_workload(evaluate=None) -> Workload:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
+    x, y = torch.randn(512, 64), torch.randint(10, (512,))
+
+    def top1(candidate: nn.Module, input_dtype: torch.dtype = torch.float32) -> Score:
+        with torch.inference_mode():
+            per_sample = 100.0 * (candidate(x.to(input_dtype)).argmax(1) == y).float()
+        return Score(per_sample.mean().item(), per_sample)
+
+    return Workload(name="small", metric="top1_pct", higher_is_better=True, model=model,
+                    evaluate=evaluate or top1, calibration=[x[:128]], example_input=x[:64],
+                    finetune=lambda m: None, checkpoint_sha256="test")
+
+
+def cell_checks(workload: Workload, technique: str) -> list:
+    record, _ = run_cell(workload, measure_reference(workload, "cpu"), technique,
+                         device="cpu", n_threads=1)
+    return judge(record, baseline_entry(record), speed_gated=True)
+
+
+def failures(checks) -> list[str]:
+    return [c.message for c in checks if c.failed]
+
+
+def test_a_healthy_cell_passes_every_self_check():
+    checks = cell_checks(small_workload(), "int8_dynamic")
+    assert not [c for c in checks if c.metric == "self_check"]
+
+
+def test_zero_samples_fail():
+    def empty(candidate, input_dtype=torch.float32):
+        return Score(math.nan, torch.empty(0))
+
+    messages = failures(cell_checks(small_workload(empty), "int8_dynamic"))
+    assert any("self-check failed: reference model was scored on zero samples" in m
+               for m in messages)
+    assert any("accuracy_drop is nan" in m for m in messages)
+
+
+def test_nan_scores_fail():
+    def broken(candidate, input_dtype=torch.float32):
+        per_sample = torch.full((512,), math.nan)
+        return Score(per_sample.mean().item(), per_sample)
+
+    messages = failures(cell_checks(small_workload(broken), "int8_dynamic"))
+    assert any("non-finite per-sample scores" in m for m in messages)
+
+
+def lazy_model(first_call_ms: float = 40.0, steady_ms: float = 1.0):
+    """A model whose first call pays a one-time setup cost (like lazy init or weight packing)."""
+    calls = []
+
+    def forward():
+        time.sleep((first_call_ms if not calls else steady_ms) / 1e3)
+        calls.append(1)
+
+    return forward
+
+
+def test_timing_without_warmup_is_caught():
+    steady = functools.partial(time.sleep, 1e-3)
+    timing = interleaved_latency(steady, lazy_model(), warmup=0, min_rounds=5, max_rounds=5)
+    [problem] = timing_problems(timing)
+    assert problem.startswith("compressed: the first timed round took")
+    assert "warm the model up" in problem
+    warmed = interleaved_latency(steady, lazy_model(), min_rounds=5, max_rounds=5)
+    assert timing_problems(warmed) == []
+
+
+class FakeGPU:
+    """Kernels run asynchronously: a launch returns at once, synchronize waits for them."""
+
+    def __init__(self):
+        self.busy_until = 0.0
+
+    def launch(self, ms: float):
+        self.busy_until = max(self.busy_until, time.perf_counter()) + ms / 1e3
+
+    def synchronize(self):
+        time.sleep(max(0.0, self.busy_until - time.perf_counter()))
+
+
+def test_gpu_timing_without_synchronisation_is_caught(monkeypatch):
+    gpu = FakeGPU()
+    monkeypatch.setattr(torch.cuda, "synchronize", gpu.synchronize)
+    reference, compressed = (lambda: gpu.launch(4.0)), (lambda: gpu.launch(2.0))
+
+    synced = interleaved_latency(reference, compressed, device="cuda", min_rounds=5,
+                                 max_rounds=5)
+    assert timing_problems(synced) == []
+    assert 1.5 < synced.speedup < 2.5
+
+    # The fault: a timer that stops the clock when the kernels are queued.
+    monkeypatch.setattr(measure, "_sync", lambda device: (lambda: None))
+    unsynced = interleaved_latency(reference, compressed, device="cuda", min_rounds=5,
+                                   max_rounds=5)
+    problems = timing_problems(unsynced)
+    assert len(problems) == 2
+    assert all("torch.cuda.synchronize missing" in p for p in problems)
+
+
+def test_a_simulated_technique_that_claims_a_speedup_fails(monkeypatch):
+    """A 'simulated' technique that quietly swaps in a smaller model is measured faster."""
+
+    def shrink(model, ctx):
+        small = nn.Sequential(nn.Linear(64, 10)).eval()
+        return compress.Compressed(small, "simulated", why_simulated="masks, no sparse kernel")
+
+    monkeypatch.setitem(compress._REGISTRY, "fake_mask", compress._Entry("pruning", (), shrink))
+    checks = cell_checks(small_workload(), "fake_mask")
+    [speed] = [c for c in checks if c.metric == "speedup"]
+    assert speed.failed
+    assert "a simulated technique (masks, no sparse kernel) measured" in speed.message
+    assert "declare execution='real'" in speed.message
+
+
+def test_an_honest_simulated_technique_is_reported_not_failed():
+    checks = cell_checks(small_workload(), "prune_l1@0.5")
+    [speed] = [c for c in checks if c.metric == "speedup"]
+    assert speed.status == "reported"
+
+
+def test_timing_a_model_other_than_the_evaluated_one_is_caught(monkeypatch):
+    # The fault: the timer is handed the reference model for both sides.
+    real = cell_module.timed_calls
+    monkeypatch.setattr(cell_module, "timed_calls",
+                        lambda ref, model, x_ref, x_comp: real(ref, ref, x_ref, x_ref))
+    messages = failures(cell_checks(small_workload(), "int8_dynamic"))
+    assert any("timed model's output differs from the evaluated model's" in m
+               for m in messages)
+
+
+def test_output_check_reads_nested_outputs():
+    a = {"logits": torch.ones(2, 3), "aux": (torch.zeros(2),)}
+    assert "returns 2 outputs" in output_problems(a, torch.ones(2, 3))[0]
+    assert output_problems(a, {"logits": torch.ones(2, 3), "aux": (torch.zeros(2),)}) == []
+    b = {"logits": torch.ones(2, 3) * 1.01, "aux": (torch.zeros(2),)}
+    assert "differs" in output_problems(a, b)[0]
+
+
+@pytest.mark.parametrize("rounds", [[1.0, 1.1, 0.9], [2.5, 1.1, 1.3]])
+def test_an_ordinary_first_round_is_not_called_cold(rounds):
+    timing = measure.Timing(rounds, rounds, 1)
+    assert timing_problems(timing) == []
