@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -41,10 +42,10 @@ def stack(session: nox.Session) -> Path:
     return python
 
 
-def _pytest(session: nox.Session, *args: str) -> None:
+def _pytest(session: nox.Session, *args: str, success_codes: tuple[int, ...] = (0,)) -> None:
     python = stack(session)
     session.run(str(python), "-m", "pytest", *args, *session.posargs, external=True,
-                env={"PYTHONHASHSEED": "0"})
+                env={"PYTHONHASHSEED": "0"}, success_codes=list(success_codes))
 
 
 @nox.session(venv_backend="none")
@@ -68,6 +69,22 @@ def baselines(session: nox.Session) -> None:
     """Re-measure every cell (full tier) and rewrite baselines/ for this hardware class."""
     _pytest(session, "benchmarks", "-p", "no:cacheprovider", "-q", "--tier", "full",
             "--update-baselines", "--benchmark-disable")
+
+
+@nox.session(venv_backend="none")
+def calibrate(session: nox.Session) -> None:
+    """Run the bench CALIBRATE_RUNS times (default 5) on this unchanged tree and store each
+    cell's between-run speedup spread in baselines/ (review the diff)."""
+    runs = int(os.environ.get("CALIBRATE_RUNS", "5"))
+    ledgers = []
+    for run in range(1, runs + 1):
+        folder = ROOT / "reports" / "calibrate" / f"run-{run}"
+        # A run may fail its gates (that is the noise being measured): exit 1 is expected.
+        _pytest(session, "benchmarks", "-p", "no:cacheprovider", "-q", "--benchmark-disable",
+                f"--report-dir={folder}", success_codes=(0, 1))
+        ledgers.append(str(folder / "ledger.json"))
+    session.run(str(stack(session)), "-m", "benchmarks.harness.calibrate", *ledgers,
+                external=True)
 
 
 @nox.session

@@ -53,3 +53,28 @@ def test_an_unreadable_or_empty_ledger_is_a_clear_error(tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps({"run": RUN, "cells": []}))
     with pytest.raises(SystemExit, match="has no cells"):
         compare.main([str(tmp_path / "empty.json")])
+
+
+def test_a_ledger_against_an_older_ledger(ledger_and_baselines, tmp_path, capsys):
+    old, _ = ledger_and_baselines
+    new = tmp_path / "new.json"
+    report.write_ledger(new, [sampled_record(lost=30)], {}, RUN)
+    assert compare.main([str(new), "--against", str(old)]) == 0
+    report.write_ledger(new, [sampled_record(lost=30, comp_bytes=263)], {}, RUN)  # 5 % larger
+    assert compare.main([str(new), "--against", str(old)]) == 1
+    assert "REGRESSED w-int8_static: size_ratio" in capsys.readouterr().out
+    report.write_ledger(new, [sampled_record("fp16")], {}, RUN)
+    assert compare.main([str(new), "--against", str(old)]) == 1
+    assert "w-fp16: not in" in capsys.readouterr().out
+
+
+def test_a_baseline_from_other_library_versions_is_reported_stale(ledger_and_baselines,
+                                                                  capsys):
+    ledger, baselines = ledger_and_baselines
+    path = baselines / "cpu-test" / "w.json"
+    data = json.loads(path.read_text())
+    data["provenance"]["torch"] = "2.13.0"
+    path.write_text(json.dumps(data))
+    assert compare.main([str(ledger), "--baselines", str(baselines)]) == 0  # reported only
+    out = capsys.readouterr().out
+    assert f"baseline {path} is stale: written under torch 2.13.0 -> x" in out

@@ -1,10 +1,13 @@
-"""Judge a ledger against the baselines without pytest, for other CI systems.
+"""Judge a ledger against the baselines, or against another ledger, without pytest.
 
     python -m benchmarks.harness.compare reports/ledger.json [--baselines baselines/]
+    python -m benchmarks.harness.compare pr/ledger.json --against main/ledger.json
 
 Prints one line per check that is not a plain pass and exits 1 when any cell regressed (or
-has no baseline), 0 otherwise: the same verdicts `nox -s bench` reaches, from the ledger the
-run wrote.
+has nothing to compare with), 0 otherwise: the verdicts `nox -s bench` reaches, from the
+ledger the run wrote. Against another ledger, its cells are gated as if they had been
+blessed (the same tolerances `nox -s baselines` writes), so two runs of other CI systems,
+say main and a pull request, can be compared directly.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.harness.stats import Interval
-from benchmarks.harness.verdict import BASELINES, Check, judge, load_baseline
+from benchmarks.harness.verdict import (
+    BASELINES,
+    Check,
+    baseline_entry,
+    judge,
+    load_baseline,
+    stale_note,
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,11 @@ class LedgerCell:
     def speedup_interval(self) -> Interval | None:
         return _interval(self.entry.get("speedup"), self.entry.get("speedup_ci"))
 
+    @property
+    def speedup_iqr(self) -> tuple[float, float]:
+        low, high = self.entry["timing"]["speedup_iqr"]
+        return float(low), float(high)
+
 
 def _number(value) -> float:
     return float("nan") if value is None else float(value)  # the ledger writes NaN as null
@@ -53,18 +68,28 @@ def _interval(estimate, bounds) -> Interval | None:
     return Interval(float(estimate), float(bounds[0]), float(bounds[1]))
 
 
-def compare(ledger_path: Path, baselines: Path = BASELINES) -> list[Check]:
+def read_ledger(path: Path) -> dict:
     try:
-        ledger = json.loads(ledger_path.read_text())
+        ledger = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"compare: cannot read ledger {ledger_path}: {err}") from err
+        raise SystemExit(f"compare: cannot read ledger {path}: {err}") from err
     if not ledger.get("cells"):
-        raise SystemExit(f"compare: {ledger_path} has no cells: nothing was measured")
+        raise SystemExit(f"compare: {path} has no cells: nothing was measured")
+    return ledger
+
+
+def compare(ledger_path: Path, baselines: Path = BASELINES) -> list[Check]:
+    """Every cell of the ledger judged against the stored baselines."""
+    ledger = read_ledger(ledger_path)
     hardware = ledger["run"]["hardware_class"]
-    checks = []
+    checks: list[Check] = []
+    stale_seen = set()
     for entry in ledger["cells"]:
         cell = LedgerCell(entry)
         found = load_baseline(cell.workload, hardware, baselines)
+        if found is not None and found.path not in stale_seen:
+            stale_seen.add(found.path)
+            checks += [c for c in [stale_note(found, ledger["run"])] if c]
         same_class = found is not None and found.hardware_class == hardware
         note = "" if same_class or found is None else (
             f"baseline is from {found.hardware_class}, the ledger from {hardware}")
@@ -73,13 +98,40 @@ def compare(ledger_path: Path, baselines: Path = BASELINES) -> list[Check]:
     return checks
 
 
+def compare_ledgers(ledger_path: Path, against_path: Path) -> list[Check]:
+    """Every cell of the ledger judged against the same cell of another ledger."""
+    ledger, against = read_ledger(ledger_path), read_ledger(against_path)
+    old = {entry["cell"]: LedgerCell(entry) for entry in against["cells"]}
+    hardware, old_hardware = ledger["run"]["hardware_class"], against["run"]["hardware_class"]
+    same_class = hardware == old_hardware
+    note = "" if same_class else f"the ledgers are from {old_hardware} and {hardware}"
+    checks = []
+    for entry in ledger["cells"]:
+        cell = LedgerCell(entry)
+        before = old.get(cell.cell)
+        baseline = baseline_entry(before) if before else None
+        if baseline is None:
+            checks.append(Check(cell.cell, "baseline", "fail", float("nan"),
+                                f"{cell.cell}: not in {against_path}; nothing to compare with"))
+            continue
+        checks += judge(cell, baseline, speed_gated=same_class, speed_note=note)
+    return checks
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("ledger", type=Path, help="a ledger.json written by `nox -s bench`")
+    parser.add_argument("ledgers", type=Path, nargs="+", metavar="ledger",
+                        help="ledger.json files written by `nox -s bench` (several: the shards "
+                        "of one run split across machines)")
     parser.add_argument("--baselines", type=Path, default=BASELINES,
                         help="the baselines folder (one subfolder per hardware class)")
+    parser.add_argument("--against", type=Path, metavar="LEDGER",
+                        help="judge against this older ledger instead of the baselines")
     args = parser.parse_args(argv)
-    checks = compare(args.ledger, args.baselines)
+    checks = []
+    for ledger in args.ledgers:
+        checks += (compare_ledgers(ledger, args.against) if args.against
+                   else compare(ledger, args.baselines))
     for check in checks:
         if check.status != "pass":
             print(check.message)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from contextlib import suppress
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -40,7 +42,7 @@ def cpu_model() -> str:
 def hardware_class(device: str = "cpu") -> str:
     """A coarse class of machines on which speedups are comparable, e.g. cpu-x86_64-avx2."""
     if device.startswith("cuda"):
-        major, minor = torch.cuda.get_device_capability()
+        major, minor = torch.cuda.get_device_capability(device)
         return f"cuda-sm{major}{minor}"
     flags = cpu_flags()
     if "amx_tile" in flags:
@@ -66,17 +68,33 @@ def git_sha() -> str:
         return "unknown"
 
 
+# The libraries whose version changes what a cell measures; a baseline written under other
+# versions of them is stale (verdict.stale_note).
+LIBRARIES = ("torch", "torchvision", "torch-pruning", "transformers", "peft", "bitsandbytes",
+             "ultralytics")
+
+
+@cache
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        with suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    versions["torch"] = torch.__version__  # with its build tag (+cpu, +cu130): it matters
+    return versions
+
+
 def provenance(device: str, n_threads: int) -> dict:
     info = {
         "hardware_class": hardware_class(device),
         "git_sha": git_sha(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        **library_versions(),
         "cpu": cpu_model(),
         "cpu_isa": list(cpu_flags()),
         "threads": n_threads,
     }
     if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
+        info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info

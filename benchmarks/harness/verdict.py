@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.harness.provenance import LIBRARIES
 from benchmarks.harness.record import Record
 from benchmarks.harness.stats import Interval
 
@@ -38,7 +39,8 @@ class Check:
     cell: str
     metric: str
     # "pass", "fail", "improved", "reported" (measured, not gated), "blessed" (new baseline),
-    # "undetectable" (beyond the tolerance, but within what the measurement can resolve)
+    # "undetectable" (beyond the tolerance, but within what the measurement can resolve),
+    # "stale" (the baseline was written under other library versions)
     status: str
     measured: float
     message: str
@@ -51,19 +53,29 @@ class Check:
 
 # Tolerances written when a baseline is blessed. Size is deterministic, so it is gated
 # tightly; accuracy is deterministic on one machine and data, so only a small slack for
-# another CPU's float rounding; latency is noisy, so the speedup gate is wide and grows
-# with the spread measured at bless time.
+# another CPU's float rounding. Latency is noisy: uncalibrated, one run's spread says little
+# about the next run's, so the speedup gate is wide; once `nox -s calibrate` has measured the
+# spread between runs of an unchanged tree, the gate is a few of those standard deviations.
 ACCURACY_TOLERANCE = 0.3  # in the task metric's unit (pp for top-1)
 SIZE_TOLERANCE = 0.01  # relative
-SPEEDUP_TOLERANCE_FLOOR = 0.25  # relative
-SPEEDUP_SPREAD_FACTOR = 2.0  # times the half-width of the per-round ratio IQR
+SPEEDUP_TOLERANCE_FLOOR = 0.25  # relative, uncalibrated
+SPEEDUP_SPREAD_FACTOR = 2.0  # times the half-width of the per-round ratio IQR, uncalibrated
+CALIBRATED_FLOOR = 0.05  # relative
+CALIBRATED_SD_FACTOR = 3.0  # times the between-run relative standard deviation
+GATED = ("accuracy_drop", "size_ratio", "speedup")
 
 
-def gates_for(record: Record) -> dict[str, Gate]:
+def speedup_tolerance(speedup: float, iqr: tuple[float, float],
+                      calibration: dict | None = None) -> float:
+    if calibration:
+        return max(CALIBRATED_FLOOR, CALIBRATED_SD_FACTOR * calibration["rel_sd"]) * speedup
+    low, high = iqr
+    return max(SPEEDUP_TOLERANCE_FLOOR * speedup, SPEEDUP_SPREAD_FACTOR * (high - low) / 2)
+
+
+def gates_for(record: Record, calibration: dict | None = None) -> dict[str, Gate]:
     """The gates to store when `record` is blessed as the new baseline."""
-    low, high = record.timing.speedup_iqr
-    speedup_tol = max(SPEEDUP_TOLERANCE_FLOOR * record.speedup,
-                      SPEEDUP_SPREAD_FACTOR * (high - low) / 2)
+    speedup_tol = speedup_tolerance(record.speedup, record.speedup_iqr, calibration)
     return {
         "accuracy_drop": Gate(round(record.accuracy_drop, 4), ACCURACY_TOLERANCE, False),
         "size_ratio": Gate(round(record.size_ratio, 4),
@@ -72,16 +84,26 @@ def gates_for(record: Record) -> dict[str, Gate]:
     }
 
 
+def baseline_entry(record: Record, calibration: dict | None = None) -> dict:
+    """A cell's entry in a baseline file: its gates, and the noise calibration they used."""
+    entry: dict = {k: g.__dict__ for k, g in gates_for(record, calibration).items()}
+    if calibration:
+        entry["calibration"] = calibration
+    return entry
+
+
 def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
           speed_note: str = "") -> list[Check]:
     """The verdict of every gated metric of one cell against its baseline entry."""
     cell = record.cell
+    checks = [Check(cell, "self_check", "fail", math.nan,
+                    f"{cell}: benchmark self-check failed: {problem}")
+              for problem in getattr(record, "self_check_problems", ())]
     if cell_baseline is None:
-        return [Check(cell, "baseline", "fail", math.nan,
-                      f"{cell}: no baseline for this cell; bless one with `nox -s baselines` "
-                      "and review the diff")]
+        return [*checks, Check(cell, "baseline", "fail", math.nan,
+                               f"{cell}: no baseline for this cell; bless one with "
+                               "`nox -s baselines` and review the diff")]
     intervals = {"accuracy_drop": record.drop_interval, "speedup": record.speedup_interval}
-    checks = []
     for metric, measured in record.gated().items():
         stored = cell_baseline.get(metric)
         gate = Gate(**stored) if stored else None
@@ -91,9 +113,8 @@ def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
                                 gate))
             continue
         if metric == "speedup" and record.execution == "simulated":
-            checks.append(Check(cell, metric, "reported", measured,
-                                f"{cell}: speedup {measured:.2f}x reported, not gated: "
-                                f"simulated ({record.why_simulated})", gate))
+            checks.append(_simulated_speedup(cell, measured, intervals[metric],
+                                             record.why_simulated, gate))
             continue
         if metric == "speedup" and not speed_gated:
             checks.append(Check(cell, metric, "reported", measured,
@@ -107,6 +128,25 @@ def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
             continue
         checks.append(_against(cell, metric, measured, gate, intervals.get(metric)))
     return checks
+
+
+# A simulated technique runs no faster kernel, so it cannot be faster than the reference;
+# beyond this (with the whole interval) its speedup is a measurement of some other model.
+SIMULATED_SPEEDUP_LIMIT = 1.10
+
+
+def _simulated_speedup(cell: str, measured: float, interval: Interval | None,
+                       why_simulated: str, gate: Gate | None) -> Check:
+    low = interval.low if interval else measured
+    if low > SIMULATED_SPEEDUP_LIMIT:
+        return Check(cell, "speedup", "fail", measured,
+                     f"{cell}: a simulated technique ({why_simulated}) measured {measured:.2f}x "
+                     f"faster (95% CI low {low:.2f}x): simulated execution has no fast kernel, "
+                     "so either it runs real kernels (declare execution='real') or the timed "
+                     "model is not the compressed one", gate)
+    return Check(cell, "speedup", "reported", measured,
+                 f"{cell}: speedup {measured:.2f}x reported, not gated: simulated "
+                 f"({why_simulated})", gate)
 
 
 def _against(cell: str, metric: str, measured: float, gate: Gate,
@@ -185,8 +225,9 @@ def bless(records: list[Record], reference: dict, hardware_class: str,
         old = json.loads(path.read_text()) if path.exists() else {}
         cells = dict(old.get("cells", {}))
         for record in recs:
-            new = {k: g.__dict__ for k, g in gates_for(record).items()}
             before = cells.get(record.technique)
+            # The calibrated between-run spread is relative, so it outlives a new value.
+            new = baseline_entry(record, (before or {}).get("calibration"))
             if before != new:
                 lines.append(_describe_change(record.cell, before, new))
             cells[record.technique] = new
@@ -206,10 +247,24 @@ def bless(records: list[Record], reference: dict, hardware_class: str,
 
 def _describe_change(cell: str, before: dict | None, after: dict) -> str:
     if before is None:
-        return f"{cell}: new baseline " + ", ".join(f"{k}={v['value']}" for k, v in after.items())
-    diffs = [f"{k} {before.get(k, {}).get('value')} -> {v['value']}" for k, v in after.items()
-             if before.get(k) != v]
+        return f"{cell}: new baseline " + ", ".join(f"{k}={after[k]['value']}" for k in GATED)
+    diffs = [f"{k} {before.get(k, {}).get('value')} -> {after[k]['value']}" for k in GATED
+             if before.get(k) != after[k]]
     return f"{cell}: " + ", ".join(diffs)
+
+
+def stale_note(baseline: BaselineFile, run: dict) -> Check | None:
+    """A baseline written under other library versions than this run's is stale: its numbers
+    may have moved for reasons that are not in this tree. Reported, not failed."""
+    written = baseline.data.get("provenance", {})
+    changed = [f"{name} {written[name]} -> {run[name]}" for name in LIBRARIES
+               if name in written and name in run and written[name] != run[name]]
+    if not changed:
+        return None
+    workload = baseline.data.get("workload", baseline.path.stem)
+    return Check(f"{workload}-baseline", "provenance", "stale", math.nan,
+                 f"baseline {baseline.path} is stale: written under {', '.join(changed)}; "
+                 "re-bless with `nox -s baselines` once the new numbers are reviewed")
 
 
 REFERENCE_TOLERANCE = 1.0  # task-metric units: a retrained reference may move this much
