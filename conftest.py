@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,18 +39,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-@pytest.fixture(scope="session")
-def bench_run(request: pytest.FixtureRequest):
+def _worker(config: pytest.Config) -> tuple[int, int] | None:
+    """(index, count) in a pytest-xdist worker, None in a plain run or the controller."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return None
+    return int(workerinput["workerid"].removeprefix("gw")), int(workerinput["workercount"])
+
+
+def _shards(config: pytest.Config) -> Path:
+    return Path(config.getoption("--report-dir")) / "shards"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Sharding with pytest-xdist (`-n N`): each worker gets a core of its own, so timed cells
+    never share a core; the controller starts from an empty shard folder."""
+    worker = _worker(config)
+    if worker is None:
+        if getattr(config.option, "numprocesses", None):
+            shutil.rmtree(_shards(config), ignore_errors=True)
+        return
+    index, count = worker
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if count > len(cores):
+        raise pytest.UsageError(f"-n {count} workers but only {len(cores)} cores: timed cells "
+                                f"would share cores; use -n {len(cores)} or fewer")
+    os.sched_setaffinity(0, {cores[index]})
+
+
+def _new_run(config: pytest.Config, device: str):
     from benchmarks.harness.session import BenchRun
 
-    config = request.config
-    device = config.getoption("--device")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            pytest.skip(f"--device {device}: no CUDA device on this machine")
-    run = BenchRun(
+    return BenchRun(
         device=device,
         threads=config.getoption("--timing-threads"),
         tier=config.getoption("--tier"),
@@ -56,6 +80,21 @@ def bench_run(request: pytest.FixtureRequest):
         report_dir=Path(config.getoption("--report-dir")),
         baselines_root=Path(config.getoption("--baselines-dir")),
     )
+
+
+@pytest.fixture(scope="session")
+def bench_run(request: pytest.FixtureRequest):
+    config = request.config
+    device = config.getoption("--device")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip(f"--device {device}: no CUDA device on this machine")
+        worker = _worker(config)
+        if device == "cuda" and worker is not None:  # one worker per GPU
+            device = f"cuda:{worker[0] % torch.cuda.device_count()}"
+    run = _new_run(config, device)
     config.stash[_RUN] = run
     return run
 
@@ -65,9 +104,21 @@ _RUN = pytest.StashKey["object"]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    run = session.config.stash.get(_RUN, None)
+    config = session.config
+    run = config.stash.get(_RUN, None)
+    worker = _worker(config)
+    if worker is not None:  # the controller writes the reports, from every worker's shard
+        if run is not None:
+            run.save_shard(_shards(config) / f"gw{worker[0]}.pkl")
+        return
+    shards = sorted(_shards(config).glob("gw*.pkl"))
+    if getattr(config.option, "numprocesses", None) and shards:
+        run = _new_run(config, config.getoption("--device"))
+        run.add_shards(shards)
+        shutil.rmtree(_shards(config))
+        config.stash[_RUN] = run
     if run is not None:
-        session.config.stash[_LINES] = run.finish()
+        config.stash[_LINES] = run.finish()
 
 
 _LINES = pytest.StashKey[list]()

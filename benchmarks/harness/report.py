@@ -73,6 +73,11 @@ def write_ledger(path: Path, records: list[Record], checks: dict[str, list[Check
                         for c in checks.get(r.cell, [])]}
             for r in records
         ],
+        # Checks of whole workloads: the reference model, stale baselines.
+        "workload_checks": [{"cell": c.cell, "metric": c.metric, "status": c.status,
+                             "message": c.message}
+                            for cell, cs in checks.items() for c in cs
+                            if cell not in {r.cell for r in records}],
     }
     path.write_text(json.dumps(ledger, indent=2) + "\n")
 
@@ -129,6 +134,7 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
     failing = [c.message for cs in checks.values() for c in cs if c.failed]
     improved = [c.message for cs in checks.values() for c in cs if c.status == "improved"]
     unresolved = [c.message for cs in checks.values() for c in cs if c.status == "undetectable"]
+    stale = [c.message for cs in checks.values() for c in cs if c.status == "stale"]
     lines = [
         "# compress-bench report",
         "",
@@ -152,6 +158,8 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
         lines += ["## Improved (re-bless the baseline)", "", *[f"- {m}" for m in improved], ""]
     if unresolved:
         lines += ["## Below detectable (not failed)", "", *[f"- {m}" for m in unresolved], ""]
+    if stale:
+        lines += ["## Stale baselines", "", *[f"- {m}" for m in stale], ""]
     by_workload: dict[str, list[Record]] = {}
     for r in records:
         by_workload.setdefault(r.workload, []).append(r)

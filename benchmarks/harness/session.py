@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from benchmarks.harness.verdict import (
     judge_reference,
     load_baseline,
     reference_entry,
+    stale_note,
 )
 from benchmarks.workloads import WORKLOADS, Workload
 
@@ -35,6 +37,8 @@ class BenchRun:
     references: dict[str, Reference] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)
     checks: dict[str, list[Check]] = field(default_factory=dict)
+    # What a bless writes for each workload's reference model (reference_entry).
+    reference_entries: dict[str, dict] = field(default_factory=dict)
 
     @property
     def hardware_class(self) -> str:
@@ -43,8 +47,11 @@ class BenchRun:
     def workload(self, name: str) -> tuple[Workload, Reference]:
         """The workload, loaded (and its reference trained if not cached) once per run."""
         if name not in self.workloads:
-            self.workloads[name] = WORKLOADS[name].load()
-            self.references[name] = measure_reference(self.workloads[name], self.device)
+            workload = self.workloads[name] = WORKLOADS[name].load()
+            reference = self.references[name] = measure_reference(workload, self.device)
+            self.reference_entries[name] = reference_entry(
+                workload.metric, reference.score.value, workload.higher_is_better,
+                workload.checkpoint_sha256)
         return self.workloads[name], self.references[name]
 
     def baseline(self, workload: str) -> tuple[BaselineFile | None, bool, str]:
@@ -79,6 +86,9 @@ class BenchRun:
         check = judge_reference(workload_name, workload.metric, reference.score.value, found,
                                 workload.checkpoint_sha256)
         self.checks[check.cell] = [check]
+        stale = stale_note(found, self.run_info()) if found else None
+        if stale:
+            self.checks[stale.cell] = [stale]
         return check
 
     def run_info(self) -> dict:
@@ -90,15 +100,31 @@ class BenchRun:
         if not self.records:
             return []
         lines = [checks[0].message for cell, checks in self.checks.items()
-                 if cell.endswith("-reference")]
+                 if cell.endswith(("-reference", "-baseline"))]
         if self.update_baselines:
-            refs = {name: reference_entry(w.metric, self.references[name].score.value,
-                                          w.higher_is_better, w.checkpoint_sha256)
-                    for name, w in self.workloads.items()}
-            lines += bless(self.records, refs, self.hardware_class, self.baselines_root)
+            lines += bless(self.records, self.reference_entries, self.hardware_class,
+                           self.baselines_root)
         self.report_dir.mkdir(parents=True, exist_ok=True)
         run = self.run_info()
         report.write_ledger(self.report_dir / "ledger.json", self.records, self.checks, run)
         md = report.write_markdown(self.report_dir, self.records, self.checks, run)
         lines += [f"ledger: {self.report_dir / 'ledger.json'}", f"report: {md}"]
         return lines
+
+    # --- sharding: each pytest-xdist worker saves its part, the controller reports the whole
+
+    def save_shard(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            pickle.dump((self.records, self.checks, self.reference_entries), f)
+
+    def add_shards(self, paths: list[Path]) -> None:
+        for path in paths:
+            with path.open("rb") as f:
+                records, checks, references = pickle.load(f)
+            self.records += records
+            self.checks.update(checks)
+            self.reference_entries.update(references)
+        order = {(name, t): i for i, (name, t) in
+                 enumerate((n, t) for n, module in WORKLOADS.items() for t in module.CELLS)}
+        self.records.sort(key=lambda r: order.get((r.workload, r.technique), len(order)))

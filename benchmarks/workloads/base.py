@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -76,15 +77,19 @@ def sha256_file(path: Path) -> str:
 def cached_state_dict(name: str, recipe, build: Callable[[], nn.Module]) -> tuple[dict, Path]:
     """The state_dict that `build()` trains for `recipe`, trained once and cached by its hash."""
     path = cache_dir() / f"{name}-{recipe_key(recipe)}.pt"
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True), path
-    print(f"\n[{name}] training the reference model (cached at {path})", file=sys.stderr)
-    torch.manual_seed(recipe.seed)  # before build(): the initial weights must be seeded too
-    state = build().state_dict()
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written checkpoint
-    return state, path
+    # Sharded runs (pytest-xdist workers) may want the same model at once: one trains, the
+    # others wait for its checkpoint.
+    with path.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return torch.load(path, map_location="cpu", weights_only=True), path
+        print(f"\n[{name}] training the reference model (cached at {path})", file=sys.stderr)
+        torch.manual_seed(recipe.seed)  # before build(): the initial weights must be seeded
+        state = build().state_dict()
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)  # atomic: an interrupted run never leaves a half-written checkpoint
+        return state, path
 
 
 def progress(iterable, **kwargs):
