@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from benchmarks.harness import provenance
 from benchmarks.harness.measure import Size, Timing
 from benchmarks.harness.record import Record
 from benchmarks.harness.verdict import (
@@ -200,3 +201,17 @@ def test_a_change_the_test_set_cannot_resolve_is_reported_not_failed():
                  if c.metric == "accuracy_drop")
     assert check.status == "undetectable" and not check.failed
     assert "below detectable" in check.message
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (("avx2",), "avx2"),
+    (("avx2", "avx_vnni"), "avx2vnni"),
+    (("avx2", "avx512f"), "avx512"),
+    (("avx2", "avx512f", "avx512_vnni", "avx512_bf16"), "avx512vnni"),
+    (("avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_bf16"), "amx"),
+    ((), "generic"),
+])
+def test_hardware_class_from_cpu_flags(monkeypatch, flags, expected):
+    monkeypatch.setattr(provenance, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(provenance.platform, "machine", lambda: "x86_64")
+    assert provenance.hardware_class("cpu") == f"cpu-x86_64-{expected}"

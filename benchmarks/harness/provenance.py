@@ -12,7 +12,12 @@ from pathlib import Path
 import torch
 
 # The CPU features that change which kernels run (int8 VNNI, bf16, AMX), in rising order.
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+ISA_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
+             "amx_bf16")
+# The hardware class of a CPU: its best feature that changes int8/bf16 speed, best first.
+# VNNI (int8 dot products) roughly doubles int8 throughput over plain AVX-512 or AVX2.
+CPU_CLASSES = (("amx_tile", "amx"), ("avx512_vnni", "avx512vnni"), ("avx512f", "avx512"),
+               ("avx_vnni", "avx2vnni"), ("avx2", "avx2"))
 
 
 @cache
@@ -45,14 +50,7 @@ def hardware_class(device: str = "cpu") -> str:
         major, minor = torch.cuda.get_device_capability(device)
         return f"cuda-sm{major}{minor}"
     flags = cpu_flags()
-    if "amx_tile" in flags:
-        isa = "amx"
-    elif "avx512f" in flags:
-        isa = "avx512"
-    elif "avx2" in flags:
-        isa = "avx2"
-    else:
-        isa = "generic"
+    isa = next((name for flag, name in CPU_CLASSES if flag in flags), "generic")
     return f"cpu-{platform.machine()}-{isa}"
 
 
