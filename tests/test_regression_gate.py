@@ -33,8 +33,10 @@ def cnn():
 def judged(cnn, technique: str):
     workload, reference, baseline = cnn
     record, _ = run_cell(workload, reference, technique, device="cpu", n_threads=1)
-    # Speed is not what these bugs break; judging it here would only add timing noise.
-    return record, judge(record, baseline.cell(technique), speed_gated=False)
+    # Speed is not what these bugs break; judging it here would only add timing noise (and a
+    # 95 %-zero model does run a little faster on dense kernels: see SIMULATED_SPEEDUP_LIMIT).
+    checks = judge(record, baseline.cell(technique), speed_gated=False)
+    return record, [c for c in checks if c.metric != "speedup"]
 
 
 def four_bit_qconfig_mapping(_backend: str) -> QConfigMapping:

@@ -130,9 +130,12 @@ def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
     return checks
 
 
-# A simulated technique runs no faster kernel, so it cannot be faster than the reference;
+# A simulated technique runs no faster kernel, so it cannot be much faster than the reference;
 # beyond this (with the whole interval) its speedup is a measurement of some other model.
-SIMULATED_SPEEDUP_LIMIT = 1.10
+# Not 1.0: the same dense kernels measured a little faster on a zero-heavy model (why is not
+# established): fmnist-cnn prune_l1@0.9 1.07x, and prune_l1@0.95 had its whole interval above
+# 1.10x in one run.
+SIMULATED_SPEEDUP_LIMIT = 1.25
 
 
 def _simulated_speedup(cell: str, measured: float, interval: Interval | None,
