@@ -6,6 +6,8 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,12 +26,30 @@ TIERS = ("pr", "full")
 class Score:
     """A task metric and the per-sample outcomes it was computed from (for paired tests).
 
-    `per_sample` holds each test sample's contribution in the metric's own unit, so that
-    `value` is their mean (top-1 in %: 100 for a right answer, 0 for a wrong one).
+    `per_sample` holds each test sample's contribution, so that `value` is their mean (top-1
+    in %: 100 for a right answer, 0 for a wrong one), or the metric's SUMMARY of their mean
+    (perplexity: exp of the mean per-window token loss).
     """
 
     value: float
     per_sample: torch.Tensor
+    # Other numbers of the task, reported beside the metric and not gated (each corpus's
+    # perplexity, cosine similarity of embeddings to the reference's).
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+# A metric is the mean of its per-sample values, or the function listed here of that mean.
+SUMMARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"perplexity": torch.exp}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A second timed task beside the timing batch, timed interleaved the same way."""
+
+    # Given a model, the call to time (e.g. greedy generation of a fixed number of tokens).
+    call: Callable[[nn.Module], Callable[[], object]]
+    items: int  # what one call produces, for a throughput (e.g. 32 tokens)
+    unit: str  # of those items, e.g. "tok"
 
 
 @dataclass
@@ -42,10 +62,14 @@ class Workload:
     model: nn.Module
     evaluate: Callable[[nn.Module, torch.dtype], Score]
     calibration: list[torch.Tensor]
-    example_input: torch.Tensor  # the batch that is timed
-    finetune: Callable[[nn.Module], None]
+    example_input: torch.Tensor  # the batch that is timed (images, or token ids)
+    finetune: Callable[[nn.Module], None] | None
     checkpoint_sha256: str
     notes: dict = field(default_factory=dict)
+    # What the timing batch is and holds, for a throughput: ("prefill", 128, "tok").
+    timed_items: tuple[str, int, str] | None = None
+    # Further timed tasks, each gated like the speedup as `<name>_speedup`.
+    probes: dict[str, Probe] = field(default_factory=dict)
 
 
 def cache_dir() -> Path:
@@ -57,10 +81,19 @@ def cache_dir() -> Path:
 
 
 # Bump when train() or cached_state_dict() change what a recipe produces: old caches retrain.
-TRAINER_VERSION = 2
+TRAINER_VERSION = 3
 # Training runs on a fixed number of threads: float reductions split across threads add up in
 # another order, so a recipe gives the same bytes only on the same thread count (and ISA).
 TRAIN_THREADS = 2
+# ... and on the AVX2 instruction set even where the CPU has more (AVX512, AMX): kernels for
+# wider vectors add up floats in another order too, so a recipe would give other weights on
+# another machine and every cell's accuracy would move with them. Capped, a Zen 4 (AVX512)
+# trains the byte-identical fmnist-cnn checkpoint a Zen 3 (AVX2) does. torch reads the caps
+# when it loads, so a reference is trained in a child process.
+ISA_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+_TRAINING = "COMPRESS_BENCH_TRAINING"  # set in that child: the checkpoint it is to write
+REPO = Path(__file__).resolve().parents[2]
 
 
 def recipe_key(recipe) -> str:
@@ -70,26 +103,55 @@ def recipe_key(recipe) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A hash of the weights themselves: names, dtypes, shapes and bytes. Not of the file, whose
+    bytes also hold the archive's name (torch.save names it after the file)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(state[name].shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def cached_state_dict(name: str, recipe, build: Callable[[], nn.Module]) -> tuple[dict, Path]:
-    """The state_dict that `build()` trains for `recipe`, trained once and cached by its hash."""
+    """The state_dict that `build()` trains for `recipe`, trained once and cached by its hash.
+
+    `name` must be the registered workload whose load() calls this: on x86 the training runs
+    in a child process that loads that workload with the ISA capped (ISA_CAPS).
+    """
     path = cache_dir() / f"{name}-{recipe_key(recipe)}.pt"
+    if os.environ.get(_TRAINING) == str(path):  # the child (its parent holds the lock)
+        _train_and_save(name, recipe, build, path)
+        return torch.load(path, map_location="cpu", weights_only=True), path
     # Sharded runs (pytest-xdist workers) may want the same model at once: one trains, the
     # others wait for its checkpoint.
     with path.with_suffix(".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            return torch.load(path, map_location="cpu", weights_only=True), path
-        print(f"\n[{name}] training the reference model (cached at {path})", file=sys.stderr)
-        torch.manual_seed(recipe.seed)  # before build(): the initial weights must be seeded
-        state = build().state_dict()
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)  # atomic: an interrupted run never leaves a half-written checkpoint
-        return state, path
+        if not path.exists():
+            if platform.machine().lower() in ("x86_64", "amd64"):
+                _train_in_capped_child(name, path)
+            else:
+                _train_and_save(name, recipe, build, path)
+        return torch.load(path, map_location="cpu", weights_only=True), path
+
+
+def _train_and_save(name: str, recipe, build: Callable[[], nn.Module], path: Path) -> None:
+    print(f"\n[{name}] training the reference model (cached at {path})", file=sys.stderr)
+    torch.manual_seed(recipe.seed)  # before build(): the initial weights must be seeded
+    state = build().state_dict()
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written checkpoint
+
+
+def _train_in_capped_child(name: str, path: Path) -> None:
+    env = {**os.environ, **ISA_CAPS, _TRAINING: str(path)}
+    code = f"from benchmarks.workloads import WORKLOADS; WORKLOADS[{name!r}].load()"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO)
+    if done.returncode != 0 or not path.exists():
+        raise RuntimeError(f"[{name}] training the reference model failed (exit code "
+                           f"{done.returncode}); its output is above")
 
 
 def progress(iterable, **kwargs):

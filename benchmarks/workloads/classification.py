@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from benchmarks.workloads import fashion_mnist
-from benchmarks.workloads.base import Score, Workload, cached_state_dict, sha256_file, train
+from benchmarks.workloads.base import Score, Workload, cached_state_dict, state_sha256, train
 
 EVAL_BATCH = 500
 TIMING_BATCH = 32
@@ -85,7 +85,7 @@ def image_classifier(
         calibration=calibration,
         example_input=prepare(data.test_images[:TIMING_BATCH]),
         finetune=finetune,
-        checkpoint_sha256=sha256_file(path),
+        checkpoint_sha256=state_sha256(state),
         notes={"checkpoint": str(path), "recipe": recipe.__dict__},
     )
 

@@ -1,0 +1,57 @@
+"""The reference-model cache: trained once per recipe, on capped ISA, identified by its weights."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.workloads import base
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seed: int = 0
+
+
+def test_weight_hash_ignores_the_file_and_sees_every_weight(tmp_path):
+    state = nn.Linear(4, 3).state_dict()
+    for name in ("a.pt", "b.pt"):  # torch.save names its archive after the file
+        torch.save(state, tmp_path / name)
+    loaded = [torch.load(tmp_path / n, weights_only=True) for n in ("a.pt", "b.pt")]
+    assert (tmp_path / "a.pt").read_bytes() != (tmp_path / "b.pt").read_bytes()
+    assert base.state_sha256(loaded[0]) == base.state_sha256(loaded[1])
+    changed = {k: v.clone() for k, v in state.items()}
+    changed["bias"][0] = torch.nextafter(changed["bias"][0], torch.tensor(1.0))
+    assert base.state_sha256(changed) != base.state_sha256(state)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 only")
+def test_training_runs_in_a_child_with_the_isa_capped(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESS_BENCH_CACHE", str(tmp_path))
+    seen = {}
+
+    def child(argv, env, cwd):  # stands in for the child: writes the checkpoint it is asked
+        seen.update(argv=argv, env=env)
+        torch.save(nn.Linear(2, 2).state_dict(), env[base._TRAINING])
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(base.subprocess, "run", child)
+    state, path = base.cached_state_dict("some-workload", Recipe(), build=lambda: 1 / 0)
+    assert set(state) == {"weight", "bias"} and path.exists()
+    assert all(seen["env"][k] == v for k, v in base.ISA_CAPS.items())
+    assert "WORKLOADS['some-workload'].load()" in seen["argv"][-1]
+    # Cached: the second call trains nothing.
+    monkeypatch.setattr(base.subprocess, "run", lambda *a, **k: pytest.fail("retrained"))
+    assert base.cached_state_dict("some-workload", Recipe(), build=lambda: 1 / 0)[1] == path
+
+
+def test_the_child_trains_in_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESS_BENCH_CACHE", str(tmp_path))
+    path = tmp_path / f"w-{base.recipe_key(Recipe())}.pt"
+    monkeypatch.setenv(base._TRAINING, str(path))
+    state, got = base.cached_state_dict("w", Recipe(), build=lambda: nn.Linear(3, 1))
+    assert got == path and path.exists() and state["weight"].shape == (1, 3)
