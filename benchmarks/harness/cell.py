@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ import compress
 from benchmarks.harness import selfcheck
 from benchmarks.harness.measure import (
     Size,
+    Timing,
     artifact_size,
     interleaved_latency,
     peak_batch_bytes,
@@ -60,14 +62,19 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
     model = compressed.model.to(device)
     score = workload.evaluate(model, compressed.input_dtype)
     x_ref = workload.example_input.to(device)
-    x_comp = x_ref.to(compressed.input_dtype)
+    x_comp = as_input(x_ref, compressed.input_dtype)
     time_reference, time_compressed = timed_calls(reference_model, model, x_ref, x_comp)
     timing = interleaved_latency(time_reference, time_compressed, device=device,
                                  n_threads=n_threads)
+    probe_timings = {name: interleaved_latency(probe.call(reference_model), probe.call(model),
+                                               device=device, n_threads=n_threads)
+                     for name, probe in workload.probes.items()}
     with threads(n_threads), torch.inference_mode():
         timed_output, evaluated_output = time_compressed(), model(x_comp)
     per_sample = {"reference": reference.score.per_sample, "compressed": score.per_sample}
     problems = (selfcheck.score_problems(per_sample) + selfcheck.timing_problems(timing)
+                + [f"{name}: {p}" for name, t in probe_timings.items()
+                   for p in selfcheck.timing_problems(t)]
                 + selfcheck.output_problems(timed_output, evaluated_output))
     size = artifact_size(model)
     record = Record(
@@ -83,6 +90,8 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         reference_size=reference.size,
         compressed_size=size,
         timing=timing,
+        probe_timings=probe_timings,
+        extras={**score.extras, **throughputs(workload, timing, probe_timings)},
         reference_peak_memory_bytes=reference.peak_memory_bytes,
         compressed_peak_memory_bytes=peak_memory_bytes(model, x_comp, size, device),
         provenance={**provenance(device, n_threads),
@@ -91,6 +100,22 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         per_sample=per_sample,
     )
     return record, compressed
+
+
+def as_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The timing batch for a model that computes in `dtype`: token ids stay integers."""
+    return x.to(dtype) if x.is_floating_point() else x
+
+
+def throughputs(workload: Workload, timing: Timing, probes: dict[str, Timing]
+                ) -> dict[str, float]:
+    """Items per second of the compressed model, e.g. `prefill_tok_per_s`, from the medians."""
+    out = {}
+    timed = [(*workload.timed_items, timing)] if workload.timed_items else []
+    for name, items, unit, t in timed + [(n, p.items, p.unit, probes[n])
+                                         for n, p in workload.probes.items()]:
+        out[f"{name}_{unit}_per_s"] = items / (statistics.median(t.compressed_ms) / 1e3)
+    return out
 
 
 def timed_calls(reference_model: torch.nn.Module, model: torch.nn.Module, x_ref: torch.Tensor,

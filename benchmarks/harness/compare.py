@@ -42,19 +42,23 @@ class LedgerCell:
             raise AttributeError(name) from None
 
     def gated(self) -> dict[str, float]:
-        return {m: _number(self.entry.get(m)) for m in ("accuracy_drop", "size_ratio", "speedup")}
+        probes = [f"{name}_speedup" for name in self.entry.get("probe_timings", {})]
+        return {m: _number(self.entry.get(m))
+                for m in ("accuracy_drop", "size_ratio", "speedup", *probes)}
 
     @property
     def drop_interval(self) -> Interval | None:
         return _interval(self.entry.get("accuracy_drop"), self.entry.get("accuracy_drop_ci"))
 
     @property
-    def speedup_interval(self) -> Interval | None:
-        return _interval(self.entry.get("speedup"), self.entry.get("speedup_ci"))
+    def speedup_intervals(self) -> dict[str, Interval | None]:
+        return {m: _interval(self.entry.get(m), self.entry.get(f"{m}_ci"))
+                for m in self.gated() if m.endswith("speedup")}
 
-    @property
-    def speedup_iqr(self) -> tuple[float, float]:
-        low, high = self.entry["timing"]["speedup_iqr"]
+    def iqr(self, metric: str) -> tuple[float, float]:
+        timing = (self.entry["timing"] if metric == "speedup"
+                  else self.entry["probe_timings"][metric.removesuffix("_speedup")])
+        low, high = timing["speedup_iqr"]
         return float(low), float(high)
 
 

@@ -8,6 +8,7 @@ from functools import cached_property
 
 from benchmarks.harness.measure import Size, Timing
 from benchmarks.harness.stats import Interval, median_ratio, paired_drop
+from benchmarks.workloads.base import SUMMARY
 
 
 @dataclass
@@ -22,12 +23,16 @@ class Record:
     compressed_metric: float
     reference_size: Size
     compressed_size: Size
-    timing: Timing
+    timing: Timing  # of the timing batch
     # Resident weights plus one timing batch's peak allocations (measure.peak_batch_bytes).
     reference_peak_memory_bytes: int
     compressed_peak_memory_bytes: int
     provenance: dict
     why_simulated: str = ""
+    # The workload's probes (e.g. LLM decoding), timed the same way: gated as <name>_speedup.
+    probe_timings: dict[str, Timing] = field(default_factory=dict)
+    # Reported beside the metric, not gated: the Score's extras, throughputs.
+    extras: dict[str, float] = field(default_factory=dict)
     # What the benchmark's self-checks found wrong with this measurement (selfcheck.py).
     self_check_problems: list[str] = field(default_factory=list)
     # The paired outcomes the metrics came from (kept in memory for tests; not serialized).
@@ -66,12 +71,20 @@ class Record:
         ref, comp = self.per_sample.get("reference"), self.per_sample.get("compressed")
         if ref is None or comp is None or ref.numel() == 0:
             return None
-        return paired_drop(ref, comp, higher_is_better=self.higher_is_better)
+        return paired_drop(ref, comp, higher_is_better=self.higher_is_better,
+                           summary=SUMMARY.get(self.metric))
 
     @cached_property
     def speedup_interval(self) -> Interval:
         """The median per-round speedup with its bootstrap 95 % interval."""
         return median_ratio(self.timing.ratios)
+
+    @cached_property
+    def speedup_intervals(self) -> dict[str, Interval]:
+        """Every gated speedup (the timing batch's and each probe's) with its interval."""
+        return {"speedup": self.speedup_interval,
+                **{f"{name}_speedup": median_ratio(t.ratios)
+                   for name, t in self.probe_timings.items()}}
 
     @property
     def memory_ratio(self) -> float:
@@ -79,9 +92,16 @@ class Record:
         return self.reference_peak_memory_bytes / self.compressed_peak_memory_bytes
 
     def gated(self) -> dict[str, float]:
-        """The three numbers the verdicts judge."""
+        """The numbers the verdicts judge: the paper's three, and each probe's speedup."""
         return {"accuracy_drop": self.accuracy_drop, "size_ratio": self.size_ratio,
-                "speedup": self.speedup}
+                "speedup": self.speedup,
+                **{f"{name}_speedup": t.speedup for name, t in self.probe_timings.items()}}
+
+    def iqr(self, metric: str) -> tuple[float, float]:
+        """The per-round interquartile range of a gated speedup."""
+        if metric == "speedup":
+            return self.speedup_iqr
+        return self.probe_timings[metric.removesuffix("_speedup")].speedup_iqr
 
     def to_json(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "per_sample"}
@@ -91,10 +111,15 @@ class Record:
         out["timing"]["compressed_median_ms"] = _median(self.timing.compressed_ms)
         for key in ("reference_size", "compressed_size"):
             out[key]["bits_per_weight"] = getattr(self, key).bits_per_weight
-        out.update(cell=self.cell, accuracy_drop=self.accuracy_drop, size_ratio=self.size_ratio,
-                   gzip_ratio=self.gzip_ratio, speedup=self.speedup,
-                   memory_ratio=self.memory_ratio,
-                   speedup_ci=[self.speedup_interval.low, self.speedup_interval.high])
+        for name, timing in self.probe_timings.items():
+            out["probe_timings"][name].update(
+                speedup=timing.speedup, speedup_iqr=list(timing.speedup_iqr),
+                reference_median_ms=_median(timing.reference_ms),
+                compressed_median_ms=_median(timing.compressed_ms))
+        out.update(self.gated())
+        out.update(cell=self.cell, gzip_ratio=self.gzip_ratio, memory_ratio=self.memory_ratio,
+                   **{f"{metric}_ci": [interval.low, interval.high]
+                      for metric, interval in self.speedup_intervals.items()})
         if self.drop_interval is not None:
             out["accuracy_drop_ci"] = [self.drop_interval.low, self.drop_interval.high]
         return _finite_or_none(out)

@@ -40,12 +40,21 @@ def _rows(records: list[Record], checks: dict[str, list[Check]]) -> list[list[st
             f"{r.compressed_peak_memory_bytes / 1e6:.2f}",
             speed,
             cell_verdict(checks.get(r.cell, [])),
+            more(r),
         ])
     return rows
 
 
+def more(r: Record) -> str:
+    """Each probe's speedup, then the workload's extra numbers (throughputs, per-corpus
+    metrics, similarity to the reference)."""
+    parts = [f"{name} {t.speedup:.2f}x" for name, t in r.probe_timings.items()]
+    parts += [f"{key} {value:.4g}" for key, value in r.extras.items()]
+    return "; ".join(parts)
+
+
 HEADER = ["workload", "technique", "exec", "metric ref -> comp", "drop [95% CI]", "size MB",
-          "size ratio", "gzip ratio", "peak MB", "speedup [95% CI]", "verdict"]
+          "size ratio", "gzip ratio", "peak MB", "speedup [95% CI]", "verdict", "more"]
 
 
 def text_table(records: list[Record], checks: dict[str, list[Check]]) -> str:

@@ -10,6 +10,7 @@ Intervals are percentile bootstraps with a fixed seed, so a run's report is repr
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,9 +42,11 @@ def _quantiles(samples: torch.Tensor, level: float) -> tuple[float, float]:
 
 
 def paired_drop(reference: torch.Tensor, compressed: torch.Tensor, *,
-                higher_is_better: bool = True, level: float = LEVEL,
-                resamples: int = RESAMPLES) -> Interval:
-    """The drop of a metric that is the mean of per-sample values, with its interval.
+                higher_is_better: bool = True,
+                summary: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                level: float = LEVEL, resamples: int = RESAMPLES) -> Interval:
+    """The drop of a metric that is the mean of per-sample values (or `summary` of that mean,
+    such as exp for perplexity from per-window losses), with its interval.
 
     Resamples test samples (the same ones for both models), so agreement between the two
     models narrows the interval. For top-1 in percent, per-sample values are 100 or 0.
@@ -54,18 +57,22 @@ def paired_drop(reference: torch.Tensor, compressed: torch.Tensor, *,
     n = reference.numel()
     if n == 0:
         raise ValueError("paired_drop: zero samples; the evaluation produced no outcomes")
-    diff = reference.double() - compressed.double()
-    if not higher_is_better:
-        diff = -diff
-    estimate = float(diff.mean())
+    summarize = summary or (lambda mean: mean)
+    sign = 1.0 if higher_is_better else -1.0
+    ref, comp = reference.double(), compressed.double()
+
+    def drop(ref_means: torch.Tensor, comp_means: torch.Tensor) -> torch.Tensor:
+        return sign * (summarize(ref_means) - summarize(comp_means))
+
+    estimate = float(drop(ref.mean(), comp.mean()))
     gen = torch.Generator().manual_seed(SEED)
-    means = []
+    drops = []
     chunk = max(1, 4_000_000 // n)  # bound the index matrix to ~32 MB
     for start in range(0, resamples, chunk):
         rows = min(chunk, resamples - start)
         idx = torch.randint(n, (rows, n), generator=gen)
-        means.append(diff[idx].mean(dim=1))
-    low, high = _quantiles(torch.cat(means), level)
+        drops.append(drop(ref[idx].mean(dim=1), comp[idx].mean(dim=1)))
+    low, high = _quantiles(torch.cat(drops), level)
     return Interval(estimate, low, high)
 
 

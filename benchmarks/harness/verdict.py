@@ -56,13 +56,13 @@ class Check:
 # another CPU's float rounding. Latency is noisy: uncalibrated, one run's spread says little
 # about the next run's, so the speedup gate is wide; once `nox -s calibrate` has measured the
 # spread between runs of an unchanged tree, the gate is a few of those standard deviations.
-ACCURACY_TOLERANCE = 0.3  # in the task metric's unit (pp for top-1)
+# In the task metric's own unit, per metric: a new metric must say how much it may move.
+ACCURACY_TOLERANCE = {"top1_pct": 0.3, "perplexity": 0.1}
 SIZE_TOLERANCE = 0.01  # relative
 SPEEDUP_TOLERANCE_FLOOR = 0.25  # relative, uncalibrated
 SPEEDUP_SPREAD_FACTOR = 2.0  # times the half-width of the per-round ratio IQR, uncalibrated
 CALIBRATED_FLOOR = 0.05  # relative
 CALIBRATED_SD_FACTOR = 3.0  # times the between-run relative standard deviation
-GATED = ("accuracy_drop", "size_ratio", "speedup")
 
 
 def speedup_tolerance(speedup: float, iqr: tuple[float, float],
@@ -73,15 +73,31 @@ def speedup_tolerance(speedup: float, iqr: tuple[float, float],
     return max(SPEEDUP_TOLERANCE_FLOOR * speedup, SPEEDUP_SPREAD_FACTOR * (high - low) / 2)
 
 
+def accuracy_tolerance(metric: str) -> float:
+    if metric not in ACCURACY_TOLERANCE:
+        raise KeyError(f"no accuracy tolerance for metric {metric!r}: add it to "
+                       "ACCURACY_TOLERANCE in benchmarks/harness/verdict.py")
+    return ACCURACY_TOLERANCE[metric]
+
+
 def gates_for(record: Record, calibration: dict | None = None) -> dict[str, Gate]:
-    """The gates to store when `record` is blessed as the new baseline."""
-    speedup_tol = speedup_tolerance(record.speedup, record.speedup_iqr, calibration)
-    return {
-        "accuracy_drop": Gate(round(record.accuracy_drop, 4), ACCURACY_TOLERANCE, False),
+    """The gates to store when `record` is blessed as the new baseline.
+
+    The calibrated between-run spread is that of the timing batch's speedup; a probe's
+    speedup (LLM decoding) keeps the uncalibrated tolerance from its own rounds.
+    """
+    gated = record.gated()
+    gates = {
+        "accuracy_drop": Gate(round(record.accuracy_drop, 4),
+                              accuracy_tolerance(record.metric), False),
         "size_ratio": Gate(round(record.size_ratio, 4),
                            round(SIZE_TOLERANCE * record.size_ratio, 4), True),
-        "speedup": Gate(round(record.speedup, 4), round(speedup_tol, 4), True),
     }
+    for metric in (m for m in gated if m.endswith("speedup")):
+        tolerance = speedup_tolerance(gated[metric], record.iqr(metric),
+                                      calibration if metric == "speedup" else None)
+        gates[metric] = Gate(round(gated[metric], 4), round(tolerance, 4), True)
+    return gates
 
 
 def baseline_entry(record: Record, calibration: dict | None = None) -> dict:
@@ -103,7 +119,7 @@ def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
         return [*checks, Check(cell, "baseline", "fail", math.nan,
                                f"{cell}: no baseline for this cell; bless one with "
                                "`nox -s baselines` and review the diff")]
-    intervals = {"accuracy_drop": record.drop_interval, "speedup": record.speedup_interval}
+    intervals = {"accuracy_drop": record.drop_interval, **record.speedup_intervals}
     for metric, measured in record.gated().items():
         stored = cell_baseline.get(metric)
         gate = Gate(**stored) if stored else None
@@ -112,13 +128,13 @@ def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
                                 f"{cell}: {metric} is {measured}: the measurement is broken",
                                 gate))
             continue
-        if metric == "speedup" and record.execution == "simulated":
-            checks.append(_simulated_speedup(cell, measured, intervals[metric],
+        if metric.endswith("speedup") and record.execution == "simulated":
+            checks.append(_simulated_speedup(cell, metric, measured, intervals[metric],
                                              record.why_simulated, gate))
             continue
-        if metric == "speedup" and not speed_gated:
+        if metric.endswith("speedup") and not speed_gated:
             checks.append(Check(cell, metric, "reported", measured,
-                                f"{cell}: speedup {measured:.2f}x reported, not gated: "
+                                f"{cell}: {metric} {measured:.2f}x reported, not gated: "
                                 f"{speed_note}", gate))
             continue
         if gate is None:
@@ -138,17 +154,17 @@ def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
 SIMULATED_SPEEDUP_LIMIT = 1.25
 
 
-def _simulated_speedup(cell: str, measured: float, interval: Interval | None,
+def _simulated_speedup(cell: str, metric: str, measured: float, interval: Interval | None,
                        why_simulated: str, gate: Gate | None) -> Check:
     low = interval.low if interval else measured
     if low > SIMULATED_SPEEDUP_LIMIT:
-        return Check(cell, "speedup", "fail", measured,
+        return Check(cell, metric, "fail", measured,
                      f"{cell}: a simulated technique ({why_simulated}) measured {measured:.2f}x "
                      f"faster (95% CI low {low:.2f}x): simulated execution has no fast kernel, "
                      "so either it runs real kernels (declare execution='real') or the timed "
                      "model is not the compressed one", gate)
-    return Check(cell, "speedup", "reported", measured,
-                 f"{cell}: speedup {measured:.2f}x reported, not gated: simulated "
+    return Check(cell, metric, "reported", measured,
+                 f"{cell}: {metric} {measured:.2f}x reported, not gated: simulated "
                  f"({why_simulated})", gate)
 
 
@@ -250,9 +266,10 @@ def bless(records: list[Record], reference: dict, hardware_class: str,
 
 def _describe_change(cell: str, before: dict | None, after: dict) -> str:
     if before is None:
-        return f"{cell}: new baseline " + ", ".join(f"{k}={after[k]['value']}" for k in GATED)
-    diffs = [f"{k} {before.get(k, {}).get('value')} -> {after[k]['value']}" for k in GATED
-             if before.get(k) != after[k]]
+        return f"{cell}: new baseline " + ", ".join(f"{k}={v['value']}" for k, v in after.items()
+                                                    if k != "calibration")
+    diffs = [f"{k} {before.get(k, {}).get('value')} -> {v['value']}" for k, v in after.items()
+             if k != "calibration" and before.get(k) != v]
     return f"{cell}: " + ", ".join(diffs)
 
 
