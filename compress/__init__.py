@@ -15,7 +15,7 @@ import torch
 from compress.base import Compressed, Context, Technique, Unsupported
 from compress.lowrank import svd
 from compress.prune import channels, magnitude
-from compress.quant import cast, dynamic, static
+from compress.quant import bnb, cast, dynamic, static, weight_only
 from compress.recover import with_finetune
 
 __all__ = ["Compressed", "Context", "Technique", "Unsupported", "get", "names"]
@@ -34,6 +34,11 @@ _REGISTRY: dict[str, _Entry] = {
     "int8_static": _Entry("quantization", ("cpu",), static.int8_static),
     "fp16": _Entry("quantization", ("cuda",), cast.to_dtype(torch.float16)),
     "bf16": _Entry("quantization", cast.bf16_real_on(), cast.to_dtype(torch.bfloat16)),
+    "int8_weight": _Entry("quantization", ("cpu", "cuda"), weight_only.int8_weight),
+    "int4_weight": _Entry("quantization", ("cpu", "cuda"), weight_only.int4_weight, "group"),
+    "bnb_int8": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("int8")),
+    "bnb_nf4": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("nf4")),
+    "bnb_fp4": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("fp4")),
     "prune_l1": _Entry("pruning", (), magnitude.prune_l1, "sparsity"),
     "prune_global": _Entry("pruning", (), magnitude.prune_global, "sparsity"),
     "prune_channels": _Entry("pruning", ("cpu", "cuda"), channels.prune_channels, "sparsity"),

@@ -62,3 +62,12 @@ class Technique:
         out = self.transform(model, ctx)
         out.model.eval()
         return out
+
+
+def tied_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters that more than one module holds (an LM head tied to the token
+    embeddings): changing one in place of a layer would silently untie them."""
+    seen: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    return {key for key, count in seen.items() if count > 1}

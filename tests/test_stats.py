@@ -80,3 +80,14 @@ def test_median_ratio_interval_holds_the_median_and_tightens_with_steady_rounds(
 def test_median_ratio_refuses_zero_rounds():
     with pytest.raises(ValueError, match="zero timing rounds"):
         median_ratio([])
+
+
+def test_perplexity_drop_is_exp_of_the_mean_window_loss_and_inside_its_interval():
+    gen = torch.Generator().manual_seed(3)
+    ref = 3.0 + 0.3 * torch.randn(64, generator=gen)
+    comp = ref + 0.05 + 0.02 * torch.randn(64, generator=gen)  # every window a bit worse
+    interval = paired_drop(ref, comp, higher_is_better=False, summary=torch.exp)
+    want = comp.double().mean().exp() - ref.double().mean().exp()  # perplexity increase
+    assert interval.estimate == pytest.approx(float(want))
+    assert interval.low <= interval.estimate <= interval.high
+    assert interval.low > 0  # a consistent shift is resolved

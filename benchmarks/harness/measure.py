@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import statistics
 import tempfile
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 import zstandard
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 
 def _tensors(value) -> Iterator[torch.Tensor]:
@@ -25,21 +27,59 @@ def _tensors(value) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-def _weights(model: nn.Module) -> list[torch.Tensor]:
-    """Float and quantized tensors of the state_dict: weights, biases, norms.
+@dataclass(frozen=True)
+class _Stored:
+    """One weight of a state_dict: the tensors holding it, and how many weights it stands for."""
 
-    Not int counters, and not 0-d tensors: those are quantization metadata (a layer's output
-    scale), not parameters.
+    data: list[torch.Tensor]  # plain tensors as stored (inner tensors of a torchao subclass)
+    params: int  # logical weights (0 for quantization metadata: scales, codebooks)
+    nonzeros: int
+
+
+# bitsandbytes stores these beside a low-bit weight: scales and codebooks, not weights.
+_QUANT_METADATA = ("absmax", "quant_map", "quant_state", "SCB", "weight_format", "nested_")
+
+
+def _inner(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors a wrapper tensor subclass (torchao's quantized weights) is made of."""
+    if not is_traceable_wrapper_subclass(t):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [leaf for name in names for leaf in _inner(getattr(t, name))]
+
+
+def _stored(model: nn.Module) -> list[_Stored]:
+    """The weights, biases and norms of the state_dict, as stored.
+
+    Not int64 buffers (position ids, counters) and not 0-d tensors (a quantized layer's output
+    scale). A bitsandbytes 4-bit weight is a packed uint8 blob that stands for the layer's
+    in x out weights; its scales are counted in memory, not as weights.
     """
-    out = []
-    for value in model.state_dict().values():
+    logical = {f"{name}.weight": math.prod(m.weight.quant_state.shape)
+               for name, m in model.named_modules()
+               if getattr(getattr(m, "weight", None), "quant_state", None) is not None}
+    out, seen = [], set()
+    for key, value in model.state_dict().items():
         for t in _tensors(value):
-            if t.dim() == 0:
+            if t.dim() == 0 or t.dtype in (torch.int64, torch.int32, torch.bool):
                 continue
+            if not is_traceable_wrapper_subclass(t) and not t.is_quantized:
+                if (t.data_ptr(), t.dtype, t.shape) in seen:  # a tied weight, stored once
+                    continue
+                seen.add((t.data_ptr(), t.dtype, t.shape))
+            metadata = any(part in key for part in _QUANT_METADATA)
             if t.is_quantized:
-                out.append(t.int_repr())
-            elif t.is_floating_point():
-                out.append(t)
+                t = t.int_repr()
+            elif not (t.is_floating_point() or t.dtype in (torch.int8, torch.uint8)):
+                continue
+            data = _inner(t)
+            params = 0 if metadata else logical.get(key, t.numel())
+            if metadata or key in logical:
+                nonzeros = params
+            else:  # a subclass counts the zeros of its integer data, which has its shape
+                same = [d for d in data if d.shape == t.shape] or [t]
+                nonzeros = int(torch.count_nonzero(same[0]))
+            out.append(_Stored(data, params, nonzeros))
     return out
 
 
@@ -69,14 +109,14 @@ def artifact_size(model: nn.Module) -> Size:
         path = Path(tmp) / "model.pt"
         torch.save(model.state_dict(), path)
         data = path.read_bytes()
-    weights = _weights(model)
+    weights = _stored(model)
     return Size(
         size_bytes=len(data),
         gzip_bytes=len(gzip.compress(data, compresslevel=6, mtime=0)),
         zstd_bytes=len(zstandard.ZstdCompressor(level=10).compress(data)),
-        params=sum(t.numel() for t in weights),
-        nonzeros=sum(int(torch.count_nonzero(t)) for t in weights),
-        memory_bytes=sum(t.numel() * t.element_size() for t in weights),
+        params=sum(w.params for w in weights),
+        nonzeros=sum(w.nonzeros for w in weights),
+        memory_bytes=sum(d.numel() * d.element_size() for w in weights for d in w.data),
     )
 
 

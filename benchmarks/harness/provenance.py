@@ -69,7 +69,7 @@ def git_sha() -> str:
 # The libraries whose version changes what a cell measures; a baseline written under other
 # versions of them is stale (verdict.stale_note).
 LIBRARIES = ("torch", "torchvision", "torch-pruning", "transformers", "peft", "bitsandbytes",
-             "ultralytics")
+             "torchao", "ultralytics")
 
 
 @cache

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from benchmarks.workloads import fmnist_cnn, fmnist_mobilenetv2
+from benchmarks.workloads import fmnist_cnn, fmnist_mobilenetv2, minilm_l6, smollm2_135m
 from benchmarks.workloads.base import TIERS, Workload
 
-WORKLOADS: dict[str, ModuleType] = {m.NAME: m for m in (fmnist_cnn, fmnist_mobilenetv2)}
+WORKLOADS: dict[str, ModuleType] = {
+    m.NAME: m for m in (fmnist_cnn, fmnist_mobilenetv2, smollm2_135m, minilm_l6)}
 
 
 def cells(family: str) -> list[tuple[str, str, str]]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from compress.base import Compressed, Context
+from compress.base import Compressed, Context, tied_parameters
 from compress.batchnorm import reestimate_batchnorm
 
 
@@ -68,8 +68,11 @@ def svd(energy: float) -> Callable[[nn.Module, Context], Compressed]:
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         # Only children are replaced, so wrap the model: a bare Linear/Conv2d is factorized too.
         holder = nn.Sequential(model)
+        tied = tied_parameters(holder)  # an LM head tied to the embeddings stays whole
         for parent in list(holder.modules()):
             for child_name, child in parent.named_children():
+                if id(getattr(child, "weight", None)) in tied:
+                    continue
                 replacement = _factorized(child, energy)
                 if replacement is not None:
                     setattr(parent, child_name, replacement)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import nn
 from torch.nn.utils import prune
 
-from compress.base import Compressed, Context
+from compress.base import Compressed, Context, tied_parameters
 from compress.batchnorm import reestimate_batchnorm
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -20,7 +20,11 @@ def _check(sparsity: float) -> None:
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE)]
+    """Conv and Linear weights, except one tied to another module (an LM head that is also the
+    token embedding table: pruning it is pruning the embeddings, and would untie them)."""
+    tied = tied_parameters(model)
+    return [(m, "weight") for m in model.modules()
+            if isinstance(m, PRUNABLE) and id(m.weight) not in tied]
 
 
 def prune_l1(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:

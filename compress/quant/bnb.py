@@ -1,0 +1,70 @@
+"""bitsandbytes LLM.int8, NF4 and FP4, the way users apply them: transformers' BitsAndBytesConfig.
+
+Every transformers model inside the given model (the model itself, or e.g. the encoder of a
+sentence-embedding wrapper) is saved and loaded back with the quantization config, so the
+result is exactly what `from_pretrained(..., quantization_config=...)` gives a user. Compute
+stays in fp32, so the cell measures the weight format alone. bitsandbytes 0.50 runs these
+layers on the CPU too.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from compress.base import Compressed, Context, Unsupported
+
+FORMATS = {
+    "int8": {"load_in_8bit": True},
+    "nf4": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
+    "fp4": {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4"},
+}
+
+
+def _pretrained_models(model: nn.Module) -> list[tuple[nn.Module | None, str, nn.Module]]:
+    """(parent, attribute, module) of each outermost transformers model; parent None = root."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        return [(None, "", model)]
+    found = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, PreTrainedModel) and not isinstance(parent, PreTrainedModel):
+                found.append((parent, name, child))
+    return found
+
+
+def bnb(fmt: str) -> Callable[[nn.Module, Context], Compressed]:
+    options = FORMATS[fmt]
+
+    def transform(model: nn.Module, ctx: Context) -> Compressed:
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as err:
+            raise Unsupported(f"bnb_{fmt} needs bitsandbytes and transformers: "
+                              "pip install bitsandbytes transformers") from err
+        targets = _pretrained_models(model)
+        if not targets:
+            raise Unsupported(f"bnb_{fmt} goes through transformers' BitsAndBytesConfig: the "
+                              "model holds no transformers PreTrainedModel")
+        config = BitsAndBytesConfig(**options, bnb_4bit_compute_dtype=torch.float32)
+        for parent, name, pretrained in targets:
+            with tempfile.TemporaryDirectory() as folder:
+                pretrained.save_pretrained(folder)
+                quantized = type(pretrained).from_pretrained(
+                    folder, quantization_config=config, dtype=torch.float32,
+                    device_map=ctx.device).eval()
+            if parent is None:
+                model = quantized
+            else:
+                setattr(parent, name, quantized)
+        return Compressed(model, "real")
+
+    transform.__doc__ = (f"bitsandbytes {fmt} weights for every Linear but the output head, "
+                         "through transformers' BitsAndBytesConfig (fp32 compute).")
+    return transform

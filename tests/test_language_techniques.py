@@ -1,0 +1,145 @@
+"""Techniques on transformer LMs: weight-only int8/int4 (torchao), bitsandbytes through
+transformers, and pruning/SVD around an LM head tied to the token embeddings. Tiny models
+built from a config (random weights, nothing downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from benchmarks.harness.measure import artifact_size
+from compress import Context, Unsupported, get
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("torchao")
+
+FAST = settings(max_examples=10, deadline=None, database=None)
+
+
+def tiny_llama(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, tie_word_embeddings=True)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def tokens(n: int = 24, seed: int = 1) -> torch.Tensor:
+    return torch.randint(256, (2, n), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(ids, use_cache=False).logits.float()
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).norm() / want.norm()).item()
+
+
+@FAST
+@given(seed=st.integers(0, 2**31 - 1))
+def test_int8_weight_error_is_at_most_half_a_step_per_channel(seed):
+    torch.manual_seed(seed)
+    layer = nn.Sequential(nn.Linear(64, 32))
+    w = layer[0].weight.detach().clone()
+    out = get("int8_weight").apply(layer)
+    assert out.execution == "real"
+    x = torch.eye(64)  # the identity recovers the effective (dequantized) weight, transposed
+    with torch.inference_mode():
+        effective = (out.model(x) - out.model(torch.zeros(1, 64))).T
+    step = w.abs().amax(dim=1, keepdim=True) / 127
+    assert ((effective - w).abs() <= step / 2 + 1e-5).all()
+
+
+@FAST
+@given(seed=st.integers(0, 2**31 - 1), group=st.sampled_from([16, 32]))
+def test_int4_asymmetric_groups_are_lossless_on_weights_already_on_their_grid(seed, group):
+    """Weights already on a 16-level grid per group, with an integer zero point, come back
+    unchanged from int4 asymmetric rounding with that group (not from a coarser one).
+
+    torchao keeps zero points integer: a grid whose offset is an arbitrary float (GGUF Q4_1's
+    `min`) is not reproduced exactly, so SmolLM2's int4_weight@32 is close to, not exactly,
+    its reference."""
+    gen = torch.Generator().manual_seed(seed)
+    levels = torch.randint(16, (8, 64), generator=gen).float()
+    levels[:, ::group] = 0  # every group spans the full 0..15 range,
+    levels[:, 1::group] = 15  # so its scale and zero point are recovered exactly
+    groups = levels.shape[1] // group
+    scale = (torch.rand(8, groups, 1, generator=gen) + 0.5) / 64
+    zero = torch.randint(1, 15, (8, groups, 1), generator=gen).float()  # the range holds 0
+    w = (scale * (levels.view(8, groups, group) - zero)).view(8, 64)
+    layer = nn.Sequential(nn.Linear(64, 8, bias=False))
+    layer[0].weight.data = w.clone()
+    out = get(f"int4_weight@{group}").apply(layer)
+    with torch.inference_mode():
+        effective = out.model(torch.eye(64)).T
+    assert torch.allclose(effective, w, atol=1e-5, rtol=0)
+    coarser = get(f"int4_weight@{2 * group}").apply(layer)
+    with torch.inference_mode():
+        assert not torch.allclose(coarser.model(torch.eye(64)).T, w, atol=1e-5, rtol=0)
+
+
+def test_int4_weight_refuses_a_group_that_does_not_divide_the_inputs():
+    with pytest.raises(Unsupported, match="not a multiple of the group size 32"):
+        get("int4_weight@32").apply(nn.Sequential(nn.Linear(48, 4)))
+
+
+def test_weight_only_keeps_an_llm_close_and_shrinks_it():
+    model, ids = tiny_llama(), tokens()
+    for name, bound in (("int8_weight", 0.02), ("int4_weight@32", 0.2)):
+        out = get(name).apply(model)
+        assert rel_err(logits(out.model, ids), logits(model, ids)) < bound, name
+        assert artifact_size(out.model).size_bytes < artifact_size(model).size_bytes, name
+
+
+@pytest.mark.parametrize(("name", "bound"), [("bnb_int8", 0.05), ("bnb_nf4", 0.3),
+                                             ("bnb_fp4", 0.4)])
+def test_bitsandbytes_through_transformers(name, bound):
+    import bitsandbytes as bnb
+
+    model, ids = tiny_llama(), tokens()
+    out = get(name).apply(model)
+    assert out.execution == "real"
+    layer = bnb.nn.Linear8bitLt if name == "bnb_int8" else bnb.nn.Linear4bit
+    quantized = [m for m in out.model.modules() if isinstance(m, layer)]
+    assert len(quantized) == 2 * 7  # q, k, v, o, gate, up, down of each block; not the head
+    assert rel_err(logits(out.model, ids), logits(model, ids)) < bound
+    assert artifact_size(out.model).size_bytes < artifact_size(model).size_bytes
+
+
+def test_bitsandbytes_quantizes_a_transformers_model_inside_a_wrapper():
+    import bitsandbytes as bnb
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = tiny_llama()
+
+        def forward(self, ids):
+            return self.lm(ids, use_cache=False).logits
+
+    out = get("bnb_nf4").apply(Wrapper())
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in out.model.modules())
+
+
+def test_bitsandbytes_needs_a_transformers_model():
+    with pytest.raises(Unsupported, match="no transformers PreTrainedModel"):
+        get("bnb_nf4").apply(nn.Sequential(nn.Linear(8, 8)))
+
+
+def test_pruning_and_svd_leave_a_tied_lm_head_whole_and_tied():
+    model = tiny_llama()
+    embeddings = model.get_input_embeddings().weight.detach().clone()
+    for name in ("prune_l1@0.5", "prune_global@0.5", "svd@0.5"):
+        out = get(name).apply(model, Context(example_input=tokens()))
+        head, table = out.model.get_output_embeddings(), out.model.get_input_embeddings()
+        assert isinstance(head, nn.Linear), name
+        assert head.weight is table.weight, name
+        assert torch.equal(table.weight, embeddings), name
+    pruned = get("prune_l1@0.5").apply(model).model
+    q = pruned.model.layers[0].self_attn.q_proj.weight
+    assert (q == 0).float().mean().item() == pytest.approx(0.5, abs=1 / q.numel())
