@@ -143,3 +143,32 @@ def test_pruning_and_svd_leave_a_tied_lm_head_whole_and_tied():
     pruned = get("prune_l1@0.5").apply(model).model
     q = pruned.model.layers[0].self_attn.q_proj.weight
     assert (q == 0).float().mean().item() == pytest.approx(0.5, abs=1 / q.numel())
+
+
+def test_a_bitsandbytes_model_inside_a_wrapper_survives_the_harness():
+    """nn.Module.to on the wrapper would drop the 4-bit state; the harness must not move a
+    model that is already on its device."""
+    from benchmarks.harness.cell import on_device
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = tiny_llama()
+
+        def forward(self, ids):
+            return self.lm(ids, use_cache=False).logits
+
+    out = get("bnb_nf4").apply(Wrapper())
+    model = on_device(out.model, "cpu")
+    with torch.inference_mode():
+        assert model(tokens()).isfinite().all()
+
+
+def test_bitsandbytes_keeps_an_optional_part_the_model_was_built_without():
+    config = transformers.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=128)
+    bert = transformers.BertModel(config, add_pooling_layer=False).eval()
+    out = get("bnb_int8").apply(bert)
+    assert out.model.pooler is None
+    with torch.inference_mode():
+        assert out.model(input_ids=tokens() % 128).last_hidden_state.isfinite().all()

@@ -59,7 +59,7 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
     )
     reference_model = workload.model.to(device)
     compressed = technique.apply(reference_model, ctx)
-    model = compressed.model.to(device)
+    model = on_device(compressed.model, device)
     score = workload.evaluate(model, compressed.input_dtype)
     x_ref = workload.example_input.to(device)
     x_comp = as_input(x_ref, compressed.input_dtype)
@@ -100,6 +100,16 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         per_sample=per_sample,
     )
     return record, compressed
+
+
+def on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """The model on `device`, moved only if it is not there: moving a bitsandbytes model with
+    nn.Module.to (inside a wrapper, where transformers cannot intercept it) drops its
+    quantization state, so a technique that placed its model already is trusted."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if tensors and all(t.device == torch.device(device) for t in tensors):
+        return model
+    return model.to(device)
 
 
 def as_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -135,7 +135,7 @@ def load() -> Workload:
     test, train = order[:n_test], order[n_test:]
 
     def fit() -> nn.Linear:
-        features = embed(model, ids[train], "embed the probe's training split")
+        features = embed(model, ids[train], "embed the probe's training split").clone()
         return train_probe(features, labels[train], len(classes), recipe)
 
     state, _ = cached_state_dict(NAME, recipe, fit)

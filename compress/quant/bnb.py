@@ -59,6 +59,11 @@ def bnb(fmt: str) -> Callable[[nn.Module, Context], Compressed]:
                 quantized = type(pretrained).from_pretrained(
                     folder, quantization_config=config, dtype=torch.float32,
                     device_map=ctx.device).eval()
+            # A model built without an optional part (BertModel(add_pooling_layer=False)) comes
+            # back with it, freshly initialized and unquantized: remove it again.
+            for part, _ in list(quantized.named_children()):
+                if getattr(pretrained, part, "absent") is None:
+                    setattr(quantized, part, None)
             if parent is None:
                 model = quantized
             else:
