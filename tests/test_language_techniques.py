@@ -27,6 +27,17 @@ def tiny_llama(seed: int = 0) -> nn.Module:
     return transformers.LlamaForCausalLM(config).eval()
 
 
+class LMWrapper(nn.Module):
+    """A transformers model inside a plain module, as MiniLM sits in its SentenceEncoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.lm = tiny_llama()
+
+    def forward(self, ids):
+        return self.lm(ids, use_cache=False).logits
+
+
 def tokens(n: int = 24, seed: int = 1) -> torch.Tensor:
     return torch.randint(256, (2, n), generator=torch.Generator().manual_seed(seed))
 
@@ -114,15 +125,7 @@ def test_bitsandbytes_through_transformers(name, bound):
 def test_bitsandbytes_quantizes_a_transformers_model_inside_a_wrapper():
     import bitsandbytes as bnb
 
-    class Wrapper(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm = tiny_llama()
-
-        def forward(self, ids):
-            return self.lm(ids, use_cache=False).logits
-
-    out = get("bnb_nf4").apply(Wrapper())
+    out = get("bnb_nf4").apply(LMWrapper())
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in out.model.modules())
 
 
@@ -150,15 +153,7 @@ def test_a_bitsandbytes_model_inside_a_wrapper_survives_the_harness():
     model that is already on its device."""
     from benchmarks.harness.cell import on_device
 
-    class Wrapper(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm = tiny_llama()
-
-        def forward(self, ids):
-            return self.lm(ids, use_cache=False).logits
-
-    out = get("bnb_nf4").apply(Wrapper())
+    out = get("bnb_nf4").apply(LMWrapper())
     model = on_device(out.model, "cpu")
     with torch.inference_mode():
         assert model(tokens()).isfinite().all()
