@@ -150,13 +150,15 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
         f"Hardware class `{run['hardware_class']}`, {run['cpu']}, torch {run['torch']}, "
         f"{run['threads']} timing thread(s), commit `{run['git_sha']}`, tier `{run['tier']}`.",
         "",
-        "`drop` is the task metric lost (pp for top-1), with its 95 % interval from a paired "
-        "bootstrap over the test samples; `size ratio` is reference bytes over compressed bytes "
+        "`drop` is the task metric lost (pp for top-1, points for perplexity), with its 95 % "
+        "interval from a paired bootstrap over the test samples; `size ratio` is reference "
+        "bytes over compressed bytes "
         "of the saved state_dict (gzip ratio: the same, gzip-compressed); `speedup` is the "
         "median ratio of reference to compressed latency over interleaved rounds, with its "
         "bootstrap 95 % interval. `sim` marks simulated execution (masks or casts with no fast "
         "kernel here): its speedup is reported, never claimed. `below detectable`: beyond the "
-        "tolerance, but the interval still holds the baseline.",
+        "tolerance, but the interval still holds the baseline. `more`: each probe's speedup "
+        "(gated, e.g. LLM decoding), throughputs and the workload's other numbers.",
         "",
         markdown_table(records, checks),
         "",
