@@ -14,7 +14,7 @@ import torch
 
 from compress.base import Compressed, Context, Technique, Unsupported
 from compress.lowrank import svd
-from compress.prune import channels, magnitude
+from compress.prune import channels, magnitude, mlp
 from compress.quant import bnb, cast, dynamic, static, weight_only
 from compress.recover import with_finetune
 
@@ -42,6 +42,7 @@ _REGISTRY: dict[str, _Entry] = {
     "prune_l1": _Entry("pruning", (), magnitude.prune_l1, "sparsity"),
     "prune_global": _Entry("pruning", (), magnitude.prune_global, "sparsity"),
     "prune_channels": _Entry("pruning", ("cpu", "cuda"), channels.prune_channels, "sparsity"),
+    "prune_mlp": _Entry("pruning", ("cpu", "cuda"), mlp.prune_mlp, "sparsity"),
     "svd": _Entry("low-rank", ("cpu", "cuda"), svd.svd, "energy"),
 }
 

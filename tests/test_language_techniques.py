@@ -12,6 +12,7 @@ from torch import nn
 
 from benchmarks.harness.measure import artifact_size
 from compress import Context, Unsupported, get
+from compress.prune.mlp import mlp_blocks
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("torchao")
@@ -167,3 +168,50 @@ def test_bitsandbytes_keeps_an_optional_part_the_model_was_built_without():
     assert out.model.pooler is None
     with torch.inference_mode():
         assert out.model(input_ids=tokens() % 128).last_hidden_state.isfinite().all()
+
+
+def tiny_bert() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=128)
+    return transformers.BertModel(config, add_pooling_layer=False).eval()
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_bert])
+def test_prune_mlp_at_zero_is_exact_and_removes_round_s_n_channels(build):
+    model = build()
+    ids = tokens() % 128
+
+    def out(m):
+        with torch.inference_mode():
+            return m(input_ids=ids).logits if hasattr(m, "lm_head") else \
+                m(input_ids=ids).last_hidden_state
+
+    same = get("prune_mlp@0.0").apply(model).model
+    assert torch.allclose(out(same), out(model), atol=1e-5)
+    for sparsity in (0.25, 0.5):
+        pruned = get(f"prune_mlp@{sparsity}").apply(model)
+        assert pruned.execution == "real"
+        widths = [narrow.in_features for narrow in
+                  (getattr(p, n) for _, (p, n) in mlp_blocks(pruned.model))]
+        assert widths == [128 - round(sparsity * 128)] * 2
+        removed = sum(p.numel() for p in model.parameters()) - \
+            sum(p.numel() for p in pruned.model.parameters())
+        per_channel = (3 * 64) if build is tiny_llama else (64 + 1 + 64)  # rows, bias, column
+        assert removed == 2 * round(sparsity * 128) * per_channel
+        assert out(pruned.model).isfinite().all()
+
+
+def test_prune_mlp_keeps_the_strongest_channels():
+    model = tiny_llama()
+    mlp = model.model.layers[0].mlp
+    mlp.down_proj.weight.data[:, 7] *= 100  # channel 7 dominates
+    pruned = get("prune_mlp@0.9").apply(model).model.model.layers[0].mlp
+    kept = pruned.down_proj.weight
+    assert any(torch.allclose(kept[:, j], mlp.down_proj.weight[:, 7]) for j in
+               range(kept.shape[1]))
+
+
+def test_prune_mlp_needs_a_transformer_mlp():
+    with pytest.raises(Unsupported, match="no transformer MLP block"):
+        get("prune_mlp@0.5").apply(nn.Sequential(nn.Linear(8, 8)))

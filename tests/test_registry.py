@@ -26,6 +26,7 @@ PARAM_VALUE = {
     "svd": 0.9,
     "int8_weight": None,
     "int4_weight": 32,
+    "prune_mlp": 0.5,
     "bnb_int8": None,
     "bnb_nf4": None,
     "bnb_fp4": None,
@@ -43,6 +44,7 @@ FAMILY = {
     "prune_l1": "pruning",
     "prune_global": "pruning",
     "prune_channels": "pruning",
+    "prune_mlp": "pruning",
     "svd": "low-rank",
 }
 

@@ -39,6 +39,7 @@ CELLS = {
     "bnb_int8": "full",
     "bnb_nf4": "full",
     "prune_l1@0.5": "full",
+    "prune_mlp@0.3": "full",
     "svd@0.9": "full",
 }
 

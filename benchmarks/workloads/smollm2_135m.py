@@ -33,6 +33,7 @@ CELLS = {
     "bnb_nf4": "pr",  # the 4-bit format people deploy small LLMs in
     "bnb_fp4": "full",
     "prune_l1@0.5": "full",
+    "prune_mlp@0.3": "full",
     "svd@0.9": "full",
 }
 
