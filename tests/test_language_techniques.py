@@ -123,6 +123,23 @@ def test_bitsandbytes_through_transformers(name, bound):
     assert artifact_size(out.model).size_bytes < artifact_size(model).size_bytes
 
 
+def test_saving_a_scored_4bit_model_keeps_its_weights():
+    """After inference, state_dict() (save_pretrained, torch.save, peft) must not change the
+    weights: bitsandbytes' own inverse of its CPU repacking leaves the scales transposed."""
+    bnb = pytest.importorskip("bitsandbytes")
+    model = get("bnb_nf4").apply(tiny_llama()).model
+    layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    before = [bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state) for m in layers]
+    with torch.inference_mode():
+        scored = model(tokens()).logits  # repacks where the CPU has AVX512-BF16
+    model.state_dict()
+    for layer, original in zip(layers, before, strict=True):
+        after = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        torch.testing.assert_close(after, original, rtol=2**-8, atol=0)  # scales rounded to bf16
+    with torch.inference_mode():
+        torch.testing.assert_close(model(tokens()).logits, scored)
+
+
 def test_bitsandbytes_quantizes_a_transformers_model_inside_a_wrapper():
     import bitsandbytes as bnb
 

@@ -64,6 +64,9 @@ def bnb(fmt: str) -> Callable[[nn.Module, Context], Compressed]:
             for part, _ in list(quantized.named_children()):
                 if getattr(pretrained, part, "absent") is None:
                     setattr(quantized, part, None)
+            for module in quantized.modules():
+                if type(module).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4"):
+                    module.register_state_dict_pre_hook(_unpack_before_saving)
             if parent is None:
                 model = quantized
             else:
@@ -73,3 +76,35 @@ def bnb(fmt: str) -> Callable[[nn.Module, Context], Compressed]:
     transform.__doc__ = (f"bitsandbytes {fmt} weights for every Linear but the output head, "
                          "through transformers' BitsAndBytesConfig (fp32 compute).")
     return transform
+
+
+def unpack_cpu_4bit(model: nn.Module) -> None:
+    """Put every 4-bit weight of `model` back in bitsandbytes' common layout.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight for its fast
+    kernel at the first inference call in eval mode. That kernel has no backward (a fine-tune
+    would silently lose every gradient through the layer), and bitsandbytes' own inverse, which
+    it runs before saving, leaves the scales transposed when there is no double quantization:
+    any state_dict() after inference then corrupts the layer in place. This inverse restores
+    them too; the scales stay rounded to bf16, as the repacked model that was scored used them.
+    """
+    for module in model.modules():
+        _unpack(module)
+
+
+def _unpack(module: nn.Module) -> None:
+    weight = getattr(module, "weight", None)
+    state = getattr(weight, "quant_state", None)
+    if getattr(state, "packing_format_for_cpu", False):
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+        nested = state.original_nested
+        weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+        if not nested:  # repacked as (in / blocksize, out) in bf16; stored as (out * in / bs,)
+            state.absmax = state.absmax.T.reshape(-1).float()
+        weight.quant_state = state
+
+
+def _unpack_before_saving(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    """A state_dict pre-hook: saving (save_pretrained, torch.save, peft) never corrupts."""
+    _unpack(module)
