@@ -1,8 +1,8 @@
 """compress: model-compression techniques behind one registry, `get(name).apply(model, ctx)`.
 
 A name is `base` or `base@value` (e.g. `int8_static`, `prune_l1@0.5`, `svd@0.9`), optionally
-followed by `+ft`: the technique, then the caller's recovery fine-tune, keeping every zero the
-technique made.
+followed by a recovery: `+ft` (the caller's fine-tune, keeping every zero the technique made),
+`+lora` (a LoRA adapter trained by that fine-tune) or `+qlora` (the same on a bitsandbytes model).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from compress.base import Compressed, Context, Technique, Unsupported
-from compress.lowrank import svd
+from compress.lowrank import lora, svd
 from compress.prune import channels, magnitude, mlp
 from compress.quant import bnb, cast, dynamic, static, weight_only
-from compress.recover import with_finetune
+from compress.recover import RECOVERIES, with_recovery
 
 __all__ = ["Compressed", "Context", "Technique", "Unsupported", "get", "names"]
 
@@ -44,6 +44,7 @@ _REGISTRY: dict[str, _Entry] = {
     "prune_channels": _Entry("pruning", ("cpu", "cuda"), channels.prune_channels, "sparsity"),
     "prune_mlp": _Entry("pruning", ("cpu", "cuda"), mlp.prune_mlp, "sparsity"),
     "svd": _Entry("low-rank", ("cpu", "cuda"), svd.svd, "energy"),
+    "lora": _Entry("low-rank", ("cpu", "cuda"), lora.lora),
 }
 
 
@@ -53,10 +54,11 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Technique:
-    """The technique called `name`, e.g. `int8_static`, `prune_global@0.8+ft`, `svd@0.9`."""
+    """The technique called `name`, e.g. `int8_static`, `prune_global@0.8+ft`, `bnb_nf4+qlora`."""
     spec, plus, suffix = name.partition("+")
-    if plus and suffix != "ft":
-        raise KeyError(f"unknown pipeline suffix '+{suffix}' in {name!r}; the only one is '+ft'")
+    if plus and suffix not in RECOVERIES:
+        raise KeyError(f"unknown recovery '+{suffix}' in {name!r}; known: "
+                       f"{', '.join('+' + r for r in RECOVERIES)}")
     base, at, value = spec.partition("@")
     entry = _REGISTRY.get(base)
     if entry is None:
@@ -72,4 +74,4 @@ def get(name: str) -> Technique:
     else:
         transform = entry.make
     technique = Technique(spec, entry.family, entry.real_on, transform, transform.__doc__ or "")
-    return with_finetune(technique) if plus else technique
+    return with_recovery(technique, suffix) if plus else technique

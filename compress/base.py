@@ -27,8 +27,12 @@ class Context:
     calibration: Iterable[torch.Tensor] = ()
     # One batch, for tracing dependency graphs (structured pruning) and FX.
     example_input: torch.Tensor | None = None
-    # Trains a model in place for a short while; used by `+ft` recovery pipelines.
+    # Trains what requires grad in a model, in place, for a short while: the recovery
+    # pipelines (`+ft`, `+lora`, `+qlora`) and `lora` use it.
     finetune: Callable[[nn.Module], None] | None = None
+    # The workload's metric of a model (given its input dtype): a recovery pipeline reports
+    # the metric before recovering, beside the one after.
+    evaluate: Callable[[nn.Module, torch.dtype], float] | None = None
 
 
 @dataclass
@@ -42,6 +46,9 @@ class Compressed:
     # Inputs must be cast to this dtype before the forward pass (fp16/bf16 models).
     input_dtype: torch.dtype = torch.float32
     why_simulated: str = ""
+    # Numbers the technique measured about itself, reported beside the cell's metrics (an
+    # adapter's bytes, the metric before a recovery fine-tune).
+    extras: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

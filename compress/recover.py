@@ -1,4 +1,8 @@
-"""Recovery pipelines: a technique followed by a fine-tune that keeps the zeros it made."""
+"""Recovery pipelines: a technique, then training that wins back some of what it lost.
+
+`+ft` fine-tunes the compressed weights themselves, keeping every zero the technique made;
+`+lora` and `+qlora` train a low-rank adapter beside frozen weights (compress/lowrank/lora.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compress.base import Compressed, Context, Technique, Unsupported
+from compress.lowrank import lora
 
 
 class _KeepZeros(nn.Module):
@@ -38,20 +43,38 @@ def finetune_keeping_zeros(model: nn.Module, finetune) -> None:
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
-def with_finetune(technique: Technique) -> Technique:
-    """`technique+ft`: apply the technique, then the caller's recovery fine-tune."""
+def finetune(model: nn.Module, ctx: Context) -> Compressed:
+    """The workload's short recovery fine-tune, every zero the technique made kept."""
+    if not any(p.is_floating_point() for p in model.parameters()):
+        raise Unsupported("+ft: the model has no float weights to train")
+    model.train()
+    finetune_keeping_zeros(model, ctx.finetune)
+    return Compressed(model.eval(), "real")
+
+
+RECOVERIES = {"ft": finetune, "lora": lora.lora, "qlora": lora.qlora}
+
+
+def with_recovery(technique: Technique, suffix: str) -> Technique:
+    """`technique+suffix`: the technique, then the recovery RECOVERIES[suffix] of its model.
+
+    The result executes as the technique did (a recovery trains weights or adds an adapter;
+    it does not change how the technique's layers run);
+    the metric before recovery is reported as `before_recovery` when the caller can score it.
+    """
+    recover = RECOVERIES[suffix]
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
-        if ctx.finetune is None:
-            raise Unsupported(f"{technique.name}+ft needs a fine-tune in Context.finetune")
+        if ctx.finetune is None:  # every recovery trains; know it before compressing
+            raise Unsupported(f"{technique.name}+{suffix} needs a fine-tune in Context.finetune")
         out = technique.transform(model, ctx)
-        if not any(p.is_floating_point() for p in out.model.parameters()):
-            raise Unsupported(f"{technique.name}+ft: the model has no float weights to train")
-        out.model.train()
-        finetune_keeping_zeros(out.model, ctx.finetune)
-        out.model.eval()
-        return out
+        extras = dict(out.extras)
+        if ctx.evaluate is not None:
+            extras["before_recovery"] = ctx.evaluate(out.model.eval(), out.input_dtype)
+        recovered = recover(out.model, ctx)
+        return Compressed(recovered.model, out.execution, out.input_dtype, out.why_simulated,
+                          extras={**extras, **recovered.extras})
 
-    transform.__doc__ = f"{technique.doc} Then a short recovery fine-tune, zeros kept."
-    return Technique(f"{technique.name}+ft", "pipeline", technique.real_on, transform,
+    transform.__doc__ = f"{technique.doc} Then: {recover.__doc__}"
+    return Technique(f"{technique.name}+{suffix}", "pipeline", technique.real_on, transform,
                      transform.__doc__)

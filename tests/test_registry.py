@@ -30,6 +30,7 @@ PARAM_VALUE = {
     "bnb_int8": None,
     "bnb_nf4": None,
     "bnb_fp4": None,
+    "lora": None,
 }
 FAMILY = {
     "int8_dynamic": "quantization",
@@ -46,6 +47,7 @@ FAMILY = {
     "prune_channels": "pruning",
     "prune_mlp": "pruning",
     "svd": "low-rank",
+    "lora": "low-rank",
 }
 
 
@@ -110,13 +112,13 @@ def test_every_registered_name_resolves(base):
     assert technique.doc.strip(), f"{name} has no description"
 
 
+@pytest.mark.parametrize("recovery", ["ft", "lora", "qlora"])
 @pytest.mark.parametrize("base", sorted(PARAM_VALUE))
-def test_ft_suffix_makes_a_pipeline(base):
+def test_a_recovery_suffix_makes_a_pipeline(base, recovery):
     plain = get(full_name(base))
-    technique = get(full_name(base) + "+ft")
+    technique = get(f"{full_name(base)}+{recovery}")
     assert technique.family == "pipeline"
-    assert technique.name.endswith("+ft")
-    assert technique.name == plain.name + "+ft"
+    assert technique.name == f"{plain.name}+{recovery}"
     assert technique.real_on == plain.real_on
 
 
@@ -200,7 +202,7 @@ def test_unknown_suffix_raises_key_error(name):
     with pytest.raises(KeyError) as excinfo:
         get(name)
     suffix = name.partition("+")[2]
-    assert f"unknown pipeline suffix '+{suffix}'" in message(excinfo)
+    assert f"unknown recovery '+{suffix}'" in message(excinfo)
 
 
 @FAST

@@ -56,6 +56,7 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         calibration=[b.to(device) for b in workload.calibration],
         example_input=workload.example_input.to(device),
         finetune=workload.finetune,
+        evaluate=lambda candidate, dtype: workload.evaluate(candidate, dtype).value,
     )
     reference_model = workload.model.to(device)
     compressed = technique.apply(reference_model, ctx)
@@ -91,7 +92,8 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         compressed_size=size,
         timing=timing,
         probe_timings=probe_timings,
-        extras={**score.extras, **throughputs(workload, timing, probe_timings)},
+        extras={**compressed.extras, **score.extras,
+                **throughputs(workload, timing, probe_timings)},
         reference_peak_memory_bytes=reference.peak_memory_bytes,
         compressed_peak_memory_bytes=peak_memory_bytes(model, x_comp, size, device),
         provenance={**provenance(device, n_threads),

@@ -49,8 +49,13 @@ def more(r: Record) -> str:
     """Each probe's speedup, then the workload's extra numbers (throughputs, per-corpus
     metrics, similarity to the reference)."""
     parts = [f"{name} {t.speedup:.2f}x" for name, t in r.probe_timings.items()]
-    parts += [f"{key} {value:.4g}" for key, value in r.extras.items()]
+    parts += [f"{key} {_number(value)}" for key, value in r.extras.items()]
     return "; ".join(parts)
+
+
+def _number(value: float) -> str:
+    """Counts (bytes) in full, other numbers to 4 significant digits."""
+    return f"{int(value)}" if float(value).is_integer() and abs(value) >= 1e4 else f"{value:.4g}"
 
 
 HEADER = ["workload", "technique", "exec", "metric ref -> comp", "drop [95% CI]", "size MB",

@@ -181,7 +181,7 @@ def progress(iterable, **kwargs):
 
 def train(
     model: nn.Module,
-    fetch: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    batch_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     n_items: int,
     *,
     epochs: int,
@@ -192,24 +192,24 @@ def train(
     max_steps: int | None = None,
     weight_decay: float = 1e-4,
 ) -> nn.Module:
-    """AdamW, one-cycle schedule, cross-entropy; seeded, so a rerun trains the same model.
+    """AdamW on the parameters that require grad, one-cycle schedule; seeded, so a rerun trains
+    the same model.
 
-    `fetch(indices)` returns a batch (inputs, labels); `max_steps` cuts training short
-    (a recovery fine-tune is a few hundred steps of the same loop).
+    `batch_loss(model, indices)` is the loss of one batch of the training items; `max_steps`
+    cuts training short (a recovery fine-tune is a few hundred steps of the same loop).
     """
     torch.manual_seed(seed)  # dropout and anything else that draws from the global generator
     gen = torch.Generator().manual_seed(seed)
     plan = [idx for _ in range(epochs) for idx in torch.randperm(n_items, generator=gen)
             .split(batch_size) if len(idx) == batch_size][:max_steps]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter only
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=len(plan))
-    loss_fn = nn.CrossEntropyLoss()
     model.train()
     bar = progress(plan, desc=desc, unit="step")
     with threads(TRAIN_THREADS):
         for idx in bar:
-            x, y = fetch(idx)
-            loss = loss_fn(model(x), y)
+            loss = batch_loss(model, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.workloads import fashion_mnist
@@ -43,11 +44,11 @@ def image_classifier(
     """
     data = fashion_mnist.load()
 
-    def fetch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return prepare(data.train_images[idx]), data.train_labels[idx]
+    def batch_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(prepare(data.train_images[idx])), data.train_labels[idx])
 
     def fit() -> nn.Module:
-        return train(build(), fetch, len(data.train_labels), epochs=recipe.epochs,
+        return train(build(), batch_loss, len(data.train_labels), epochs=recipe.epochs,
                      batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed,
                      desc=f"train {name}")
 
@@ -67,9 +68,9 @@ def image_classifier(
         return Score(per_sample.mean().item(), per_sample)
 
     def finetune(candidate: nn.Module) -> None:
-        train(candidate, fetch, len(data.train_labels), epochs=1, batch_size=recipe.batch_size,
-              lr=recipe.finetune_lr, seed=recipe.seed + 1, max_steps=recipe.finetune_steps,
-              desc=f"fine-tune {name}")
+        train(candidate, batch_loss, len(data.train_labels), epochs=1,
+              batch_size=recipe.batch_size, lr=recipe.finetune_lr, seed=recipe.seed + 1,
+              max_steps=recipe.finetune_steps, desc=f"fine-tune {name}")
 
     # Calibration comes from the training split, never the test split it is scored on.
     calib_idx = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(7))

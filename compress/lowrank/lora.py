@@ -1,0 +1,141 @@
+"""LoRA and QLoRA with peft: a low-rank adapter trained beside every Linear of a frozen model.
+
+`lora` on its own adapts the reference (the control: what the same short fine-tune does without
+compression); `X+lora` recovers a pruned or factorized model, `X+qlora` a bitsandbytes 4- or
+8-bit one (QLoRA). The training is the workload's fine-tune (Context.finetune), which updates
+only what requires grad: here the adapter.
+
+The cell serves the adapter beside its base, as peft loads it: merging into a 4-bit base would
+round the adapter into the 4-bit grid. The artifact therefore holds base and adapter, and the
+adapter costs its own matmuls. Reported beside the metric: the adapter's bytes as
+`save_pretrained` writes them, the trainable share of the parameters, and how far
+`merge_and_unload` moves the logits (checked against MERGE_TOLERANCE; a bitsandbytes base is
+dequantized before merging, as QLoRA adapters are merged for shipping: merged into the 4-bit
+weights themselves, the adapter's small updates round away).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.base import Compressed, Context, Unsupported
+from compress.quant.bnb import unpack_cpu_4bit
+
+RANK, ALPHA = 16, 32  # alpha / rank = 2, as the LoRA and QLoRA papers' recipes use
+ADAPTER_SEED = 0
+# The largest change merge_and_unload may make to any logit, relative to the largest logit.
+# A float base only adds B @ A to its weights: float rounding, no more. A bitsandbytes base is
+# dequantized and then merged (fp32); its unmerged forward ran bitsandbytes' kernels, which
+# round more (bf16 arithmetic in the CPU 4-bit kernel, int8 activations in LLM.int8): measured
+# 0.014 on SmolLM2-135M with nf4, 0.002-0.006 on a tiny Llama.
+MERGE_TOLERANCE = {"float": 1e-4, "bitsandbytes": 0.05}
+
+
+def lora(model: nn.Module, ctx: Context) -> Compressed:
+    """A rank-16 LoRA adapter on every Linear (peft), trained by the workload's fine-tune."""
+    if _bnb_format(model) != "float":
+        raise Unsupported("the model's weights are bitsandbytes-quantized: train its adapter "
+                          "with +qlora, which prepares a k-bit model for training")
+    return _adapt(model, ctx)
+
+
+def qlora(model: nn.Module, ctx: Context) -> Compressed:
+    """QLoRA: a rank-16 LoRA adapter trained on top of a frozen bitsandbytes 4- or 8-bit model."""
+    if _bnb_format(model) == "float":
+        raise Unsupported("+qlora trains an adapter on a bitsandbytes model: put it after "
+                          "bnb_nf4, bnb_fp4 or bnb_int8, and use +lora on any other model")
+    peft = _peft()
+    # Freezes the base and keeps norms in fp32; no gradient checkpointing (memory is not short
+    # at this size, and it would only slow the fine-tune).
+    model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    unpack_cpu_4bit(model)
+    return _adapt(model, ctx)
+
+
+def _adapt(model: nn.Module, ctx: Context) -> Compressed:
+    peft = _peft()
+    if ctx.finetune is None:
+        raise Unsupported("LoRA trains on the workload's fine-tune data, and this workload "
+                          "has none (Context.finetune)")
+    if ctx.example_input is None:
+        raise Unsupported("LoRA's merge check needs an example input (Context.example_input)")
+    config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
+                             target_modules="all-linear")
+    try:
+        with torch.random.fork_rng():  # the adapter's initial A: the same on every run
+            torch.manual_seed(ADAPTER_SEED)
+            adapted = peft.get_peft_model(model, config)
+    except ValueError as err:  # e.g. no Linear layer peft can target
+        raise Unsupported(f"peft cannot put a LoRA adapter on this model: {err}") from err
+    trainable, total = adapted.get_nb_trainable_parameters()
+    ctx.finetune(adapted)
+    adapted.eval()
+    extras = {"adapter_bytes": float(_adapter_bytes(adapted)),
+              "trainable_pct": 100.0 * trainable / total,
+              "merge_rel_diff": _merge_check(adapted, ctx.example_input)}
+    return Compressed(adapted, "real", extras=extras)
+
+
+def _merge_check(adapted: nn.Module, example: torch.Tensor) -> float:
+    """How far merge_and_unload moves the logits on `example`; fails past MERGE_TOLERANCE.
+
+    A bitsandbytes base is dequantized first, the way a QLoRA adapter is merged for shipping:
+    peft's merge into the 4-bit weights would quantize the adapter's small updates away.
+    """
+    peft = _peft()
+    tolerance = MERGE_TOLERANCE["float" if _bnb_format(adapted) == "float" else "bitsandbytes"]
+    with torch.inference_mode():
+        unmerged = _logits(adapted(example))
+    base = copy.deepcopy(adapted)
+    unpack_cpu_4bit(base)
+    base = base.unload()  # the base model without the adapter layers
+    if _bnb_format(base) != "float":
+        base = base.dequantize()
+    fresh = peft.get_peft_model(base, adapted.peft_config["default"])
+    peft.set_peft_model_state_dict(fresh, peft.get_peft_model_state_dict(adapted))
+    merged = fresh.merge_and_unload().eval()
+    with torch.inference_mode():
+        relative = float((_logits(merged(example)) - unmerged).abs().max()
+                         / unmerged.abs().max().clamp_min(1e-12))
+    if not relative <= tolerance:
+        raise AssertionError(
+            f"merge_and_unload moved the logits by {relative:.3g} of their largest value, over "
+            f"the {tolerance:g} allowed: the merged model is not the adapted model that was "
+            "scored")
+    return relative
+
+
+def _logits(output) -> torch.Tensor:
+    logits = getattr(output, "logits", output)
+    return logits.float()
+
+
+def _adapter_bytes(adapted: nn.Module) -> int:
+    """Bytes of what peft's save_pretrained writes for the adapter (weights and config)."""
+    with tempfile.TemporaryDirectory() as folder:
+        adapted.save_pretrained(folder)
+        return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def _bnb_format(model: nn.Module) -> str:
+    """'4bit', 'int8' or 'float': the bitsandbytes format of the model's Linear weights."""
+    for module in model.modules():
+        kind = type(module).__name__
+        if kind in ("Linear4bit", "LinearNF4", "LinearFP4"):
+            return "4bit"
+        if kind == "Linear8bitLt":
+            return "int8"
+    return "float"
+
+
+def _peft():
+    try:
+        import peft
+    except ImportError as err:
+        raise Unsupported("LoRA needs peft: pip install peft") from err
+    return peft
