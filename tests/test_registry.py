@@ -312,3 +312,34 @@ def test_prune_channels_without_example_input_is_unsupported():
 def test_unsupported_is_a_runtime_error():
     assert issubclass(Unsupported, RuntimeError)
     assert compress.Unsupported is Unsupported
+
+
+class DataDependentForward(nn.Module):
+    """Control flow FX cannot trace: iterating over a tensor (as ultralytics' Detect head does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.stack([self.conv(item.unsqueeze(0))[0] for item in x])
+
+
+def test_int8_static_on_an_untraceable_model_is_unsupported():
+    ctx = Context(calibration=[torch.randn(2, 3, 8, 8)])
+    with pytest.raises(Unsupported, match="FX graph mode cannot trace"):
+        get("int8_static").apply(DataDependentForward(), ctx)
+
+
+@pytest.mark.parametrize("name", ["prune_l1@0.9", "prune_global@0.9", "svd@0.1"])
+def test_pruning_and_svd_leave_frozen_weights_alone(name):
+    """A frozen weight is a constant of the architecture (YOLO's DFL conv decodes boxes with
+    weights 0..15); zeroing or factorizing it breaks the model rather than compressing it."""
+    model = SmallCNN()
+    model.conv2.weight.requires_grad_(False)
+    frozen = model.conv2.weight.detach().clone()
+    out = get(name).apply(model, Context(calibration=[torch.randn(4, 3, 8, 8)]))
+    assert isinstance(out.model.conv2, nn.Conv2d)
+    assert torch.equal(out.model.conv2.weight, frozen)
+    conv1 = out.model.conv1  # the unfrozen layer was compressed (factorized, or zeroed)
+    assert not isinstance(conv1, nn.Conv2d) or not torch.equal(conv1.weight, model.conv1.weight)

@@ -100,6 +100,7 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
                     "reference_checkpoint_sha256": workload.checkpoint_sha256},
         self_check_problems=problems,
         per_sample=per_sample,
+        resamplers={"reference": reference.score.resample, "compressed": score.resample},
     )
     return record, compressed
 

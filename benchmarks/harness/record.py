@@ -35,8 +35,10 @@ class Record:
     extras: dict[str, float] = field(default_factory=dict)
     # What the benchmark's self-checks found wrong with this measurement (selfcheck.py).
     self_check_problems: list[str] = field(default_factory=list)
-    # The paired outcomes the metrics came from (kept in memory for tests; not serialized).
+    # The paired outcomes the metrics came from (kept in memory for tests; not serialized),
+    # and for metrics that need them, each model's Score.resample.
     per_sample: dict = field(default_factory=dict, repr=False)
+    resamplers: dict = field(default_factory=dict, repr=False)
 
     @property
     def cell(self) -> str:
@@ -71,8 +73,10 @@ class Record:
         ref, comp = self.per_sample.get("reference"), self.per_sample.get("compressed")
         if ref is None or comp is None or ref.numel() == 0:
             return None
+        metric_of = (self.resamplers.get("reference"), self.resamplers.get("compressed"))
         return paired_drop(ref, comp, higher_is_better=self.higher_is_better,
-                           summary=SUMMARY.get(self.metric))
+                           summary=SUMMARY.get(self.metric),
+                           metric_of=metric_of if all(metric_of) else None)
 
     @cached_property
     def speedup_interval(self) -> Interval:
@@ -104,7 +108,7 @@ class Record:
         return self.probe_timings[metric.removesuffix("_speedup")].speedup_iqr
 
     def to_json(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k != "per_sample"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("per_sample", "resamplers")}
         out["timing"]["speedup"] = self.speedup
         out["timing"]["speedup_iqr"] = list(self.timing.speedup_iqr)
         out["timing"]["reference_median_ms"] = _median(self.timing.reference_ms)

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+# The metric of each row of an index matrix (rows, n) of test samples.
+Resampled = Callable[[torch.Tensor], torch.Tensor]
+
 LEVEL = 0.95
 RESAMPLES = 2000
 SEED = 0
@@ -44,12 +47,15 @@ def _quantiles(samples: torch.Tensor, level: float) -> tuple[float, float]:
 def paired_drop(reference: torch.Tensor, compressed: torch.Tensor, *,
                 higher_is_better: bool = True,
                 summary: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                metric_of: tuple[Resampled, Resampled] | None = None,
                 level: float = LEVEL, resamples: int = RESAMPLES) -> Interval:
     """The drop of a metric that is the mean of per-sample values (or `summary` of that mean,
     such as exp for perplexity from per-window losses), with its interval.
 
     Resamples test samples (the same ones for both models), so agreement between the two
     models narrows the interval. For top-1 in percent, per-sample values are 100 or 0.
+    A metric that is no function of a mean (mAP over images) gives `metric_of`: for each
+    model, a function from an index matrix (rows, n) to the metric on each row's samples.
     """
     if reference.shape != compressed.shape or reference.ndim != 1:
         raise ValueError("paired_drop needs two 1-d per-sample tensors of the same length, got "
@@ -60,18 +66,19 @@ def paired_drop(reference: torch.Tensor, compressed: torch.Tensor, *,
     summarize = summary or (lambda mean: mean)
     sign = 1.0 if higher_is_better else -1.0
     ref, comp = reference.double(), compressed.double()
+    ref_metric, comp_metric = metric_of or (lambda idx: summarize(ref[idx].mean(dim=1)),
+                                            lambda idx: summarize(comp[idx].mean(dim=1)))
 
-    def drop(ref_means: torch.Tensor, comp_means: torch.Tensor) -> torch.Tensor:
-        return sign * (summarize(ref_means) - summarize(comp_means))
+    def drop(idx: torch.Tensor) -> torch.Tensor:
+        return sign * (ref_metric(idx).double() - comp_metric(idx).double())
 
-    estimate = float(drop(ref.mean(), comp.mean()))
+    estimate = float(drop(torch.arange(n).unsqueeze(0))[0])
     gen = torch.Generator().manual_seed(SEED)
     drops = []
     chunk = max(1, 4_000_000 // n)  # bound the index matrix to ~32 MB
     for start in range(0, resamples, chunk):
         rows = min(chunk, resamples - start)
-        idx = torch.randint(n, (rows, n), generator=gen)
-        drops.append(drop(ref[idx].mean(dim=1), comp[idx].mean(dim=1)))
+        drops.append(drop(torch.randint(n, (rows, n), generator=gen)))
     low, high = _quantiles(torch.cat(drops), level)
     return Interval(estimate, low, high)
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from benchmarks.workloads import fmnist_cnn, fmnist_mobilenetv2, minilm_l6, smollm2_135m
+from benchmarks.workloads import (
+    fmnist_cnn,
+    fmnist_det_yolov8n,
+    fmnist_mobilenetv2,
+    minilm_l6,
+    smollm2_135m,
+)
 from benchmarks.workloads.base import TIERS, Workload
 
 WORKLOADS: dict[str, ModuleType] = {
-    m.NAME: m for m in (fmnist_cnn, fmnist_mobilenetv2, smollm2_135m, minilm_l6)}
+    m.NAME: m for m in (fmnist_cnn, fmnist_mobilenetv2, smollm2_135m, minilm_l6,
+                       fmnist_det_yolov8n)}
 
 
 def cells(family: str) -> list[tuple[str, str, str]]:

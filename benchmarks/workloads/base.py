@@ -37,6 +37,10 @@ class Score:
     # Other numbers of the task, reported beside the metric and not gated (each corpus's
     # perplexity, cosine similarity of embeddings to the reference's).
     extras: dict[str, float] = field(default_factory=dict)
+    # For a metric that is no function of a per-sample mean (mAP over images): the metric on
+    # each row of an index matrix (rows, n) of samples, for the paired bootstrap. `per_sample`
+    # then holds one number per sample for the self-checks (detection: true positives).
+    resample: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 # A metric is the mean of its per-sample values, or the function listed here of that mean.

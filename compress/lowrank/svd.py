@@ -71,8 +71,9 @@ def svd(energy: float) -> Callable[[nn.Module, Context], Compressed]:
         tied = tied_parameters(holder)  # an LM head tied to the embeddings stays whole
         for parent in list(holder.modules()):
             for child_name, child in parent.named_children():
-                if id(getattr(child, "weight", None)) in tied:
-                    continue
+                weight = getattr(child, "weight", None)
+                if id(weight) in tied or (weight is not None and not weight.requires_grad):
+                    continue  # tied, or frozen: a constant of the architecture (YOLO's DFL)
                 replacement = _factorized(child, energy)
                 if replacement is not None:
                     setattr(parent, child_name, replacement)

@@ -21,10 +21,12 @@ def _check(sparsity: float) -> None:
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """Conv and Linear weights, except one tied to another module (an LM head that is also the
-    token embedding table: pruning it is pruning the embeddings, and would untie them)."""
+    token embedding table: pruning it is pruning the embeddings, and would untie them) and
+    frozen ones (requires_grad False): constants of the architecture, not learned weights, such
+    as YOLO's DFL convolution, whose 16 weights 0..15 decode box distances."""
     tied = tied_parameters(model)
     return [(m, "weight") for m in model.modules()
-            if isinstance(m, PRUNABLE) and id(m.weight) not in tied]
+            if isinstance(m, PRUNABLE) and id(m.weight) not in tied and m.weight.requires_grad]
 
 
 def prune_l1(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:

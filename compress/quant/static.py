@@ -24,7 +24,12 @@ def int8_static(model: nn.Module, ctx: Context) -> Compressed:
     if not batches:
         raise Unsupported("int8_static needs calibration batches in Context.calibration")
     torch.backends.quantized.engine = "x86"
-    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), example_inputs=(batches[0],))
+    try:
+        prepared = prepare_fx(model, get_default_qconfig_mapping("x86"),
+                              example_inputs=(batches[0],))
+    except torch.fx.proxy.TraceError as err:  # data-dependent control flow in forward()
+        raise Unsupported(f"int8_static: FX graph mode cannot trace this model's forward "
+                          f"({str(err).splitlines()[0]})") from err
     with torch.inference_mode():
         for batch in batches:
             prepared(batch)

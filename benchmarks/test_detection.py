@@ -1,0 +1,15 @@
+"""The detection matrix: every workload x technique cell, judged against baselines."""
+
+from benchmarks.harness.matrix import check_cell, check_reference, compressions, references
+
+FAMILY = "detection"
+
+
+@references(FAMILY)
+def test_reference(workload, bench_run):
+    check_reference(bench_run, workload)
+
+
+@compressions(FAMILY)
+def test_compress(workload, technique, bench_run, benchmark):
+    check_cell(bench_run, benchmark, workload, technique)
