@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from compress import export
 from compress.base import Compressed, Context, Technique, Unsupported
 from compress.lowrank import lora, svd
 from compress.prune import channels, magnitude, mlp
@@ -45,6 +46,9 @@ _REGISTRY: dict[str, _Entry] = {
     "prune_mlp": _Entry("pruning", ("cpu", "cuda"), mlp.prune_mlp, "sparsity"),
     "svd": _Entry("low-rank", ("cpu", "cuda"), svd.svd, "energy"),
     "lora": _Entry("low-rank", ("cpu", "cuda"), lora.lora),
+    "torchscript": _Entry("export", ("cpu",), export.torchscript),
+    "onnx": _Entry("export", ("cpu",), export.onnx),
+    "onnx_int8": _Entry("export", ("cpu",), export.onnx_int8),
 }
 
 

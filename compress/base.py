@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 Execution = Literal["real", "simulated"]
-FAMILIES = ("quantization", "pruning", "low-rank", "sharing", "distillation", "pipeline")
+FAMILIES = ("quantization", "pruning", "low-rank", "sharing", "distillation", "export",
+            "pipeline")
 
 
 class Unsupported(RuntimeError):

@@ -31,6 +31,9 @@ PARAM_VALUE = {
     "bnb_nf4": None,
     "bnb_fp4": None,
     "lora": None,
+    "torchscript": None,
+    "onnx": None,
+    "onnx_int8": None,
 }
 FAMILY = {
     "int8_dynamic": "quantization",
@@ -48,6 +51,9 @@ FAMILY = {
     "prune_mlp": "pruning",
     "svd": "low-rank",
     "lora": "low-rank",
+    "torchscript": "export",
+    "onnx": "export",
+    "onnx_int8": "export",
 }
 
 

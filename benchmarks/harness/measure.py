@@ -100,16 +100,22 @@ class Size:
 
 
 def artifact_size(model: nn.Module) -> Size:
-    """Write the model the way it is shipped (its state_dict, torch.save) and measure the file.
+    """Write the model the way it is shipped (its state_dict, torch.save; or the file it was
+    exported to) and measure the file.
 
     gzip and zstd sizes show what sparsity saves in storage without pretending the dense
     tensors are smaller than they are.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.pt"
-        torch.save(model.state_dict(), path)
-        data = path.read_bytes()
-    weights = _stored(model)
+    artifact = getattr(model, "artifact", None)  # an exported model ships its own file
+    if artifact is not None:
+        data = Path(artifact).read_bytes()
+        weights = [_Stored([t], t.numel(), int(torch.count_nonzero(t))) for t in model.stored]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.pt"
+            torch.save(model.state_dict(), path)
+            data = path.read_bytes()
+        weights = _stored(model)
     return Size(
         size_bytes=len(data),
         gzip_bytes=len(gzip.compress(data, compresslevel=6, mtime=0)),

@@ -38,7 +38,7 @@ NAME = "fmnist-det-yolov8n"
 FAMILY = "detection"
 CELLS = {
     "int8_dynamic": "full",  # skips: YOLO has no Linear layer
-    "int8_static": "full",  # skips: FX cannot trace ultralytics' forward (export cells will)
+    "int8_static": "full",  # skips: FX cannot trace ultralytics' forward (onnx_int8 is int8)
     "fp16": "full",
     "bf16": "full",
     "prune_l1@0.5": "full",
@@ -46,6 +46,10 @@ CELLS = {
     "prune_global@0.5": "full",
     "prune_global@0.5+ft": "full",
     "svd@0.9": "pr",
+    # The deployment path users take with ultralytics, as `yolo benchmark` compares it.
+    "torchscript": "full",
+    "onnx": "full",
+    "onnx_int8": "pr",
 }
 
 EVAL_BATCH = 32
@@ -132,7 +136,8 @@ def load() -> Workload:
         higher_is_better=True,
         model=model,
         evaluate=val.evaluate,
-        calibration=list(val.images[:64].split(16)),
+        # Calibration (BatchNorm re-estimation) from training images, never the scored ones.
+        calibration=list(torch.cat([b["img"] for b in val.load("train")[:2]]).split(16)),
         example_input=val.images[:TIMING_BATCH],
         finetune=finetune,
         checkpoint_sha256=state_sha256(state),
@@ -178,10 +183,15 @@ class _Validation:
         self.args = {"data": str(yaml), "imgsz": imgsz, "batch": EVAL_BATCH, "plots": False,
                      "save_json": False, "verbose": False, "split": "val"}
         validator = self._validator()
-        loader = validator.get_dataloader(validator.data["val"], EVAL_BATCH)
-        self.batches = [validator.preprocess(batch) for batch in loader]
+        self.batches = self.load("val")
         self.images = torch.cat([b["img"] for b in self.batches])
         self.names = validator.data["names"]
+
+    def load(self, split: str) -> list[dict]:
+        """A split's images as the validator feeds them (letterboxed, scaled to [0, 1])."""
+        validator = self._validator()
+        loader = validator.get_dataloader(validator.data[split], EVAL_BATCH)
+        return [validator.preprocess(batch) for batch in loader]
 
     def _validator(self):
         from ultralytics.data.utils import check_det_dataset

@@ -1,0 +1,203 @@
+"""Export formats a model ships in, each run by its own runtime, as `yolo benchmark` compares them.
+
+- `torchscript`: `torch.jit.trace`, saved and loaded back, run by the TorchScript interpreter;
+- `onnx`: `torch.onnx.export` (opset 17, batch dimension dynamic), run by ONNX Runtime;
+- `onnx_int8`: that ONNX file quantized by ONNX Runtime's static int8 quantization (QDQ,
+  per-channel int8 weights, int8 activations calibrated on the calibration batches).
+
+The artifact is the exported file itself (`Exported.artifact`), so its size is what ships.
+ONNX Runtime sessions run on as many threads as torch is set to when they are called, so a
+benchmark that fixes torch's thread count fixes theirs too.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.base import Compressed, Context, Unsupported
+
+OPSET = 17
+
+
+class Exported(nn.Module):
+    """A model exported to a file and run by that format's runtime."""
+
+    def __init__(self, artifact: Path, run: Callable, tensors: list[torch.Tensor], folder):
+        super().__init__()
+        self.artifact = artifact  # the file that ships
+        self.stored = tensors  # the weights inside it (for parameter counts)
+        self._run = run
+        self._folder = folder  # keeps the temporary folder (and the file) alive
+
+    def forward(self, x: torch.Tensor):
+        out = self._run(x)
+        return out[0] if isinstance(out, tuple) and len(out) == 1 else out
+
+
+def torchscript(model: nn.Module, ctx: Context) -> Compressed:
+    """TorchScript: traced on the example input, saved, loaded back, run by its interpreter."""
+    example = _example(ctx, "torchscript")
+    folder = tempfile.TemporaryDirectory(prefix="compress-torchscript-")
+    path = Path(folder.name) / "model.torchscript"
+    with torch.no_grad():
+        # trace's own check runs the model twice and compares the graphs; models that cache
+        # on their first call (YOLO's anchors) fail it, so the outputs are compared instead.
+        torch.jit.trace(_Flat(model).eval(), example, check_trace=False).save(str(path))
+    loaded = torch.jit.load(str(path)).eval()
+    exported = Exported(path, loaded, list(loaded.state_dict().values()), folder)
+    _check_same(model, exported, example, "torchscript")
+    return Compressed(exported, "real")
+
+
+def onnx(model: nn.Module, ctx: Context) -> Compressed:
+    """ONNX (opset 17, dynamic batch) run by ONNX Runtime's CPU execution provider."""
+    folder = tempfile.TemporaryDirectory(prefix="compress-onnx-")
+    example = _example(ctx, "onnx")
+    exported = _onnx_runtime(_export_onnx(model, example, Path(folder.name) / "model.onnx"),
+                             folder)
+    _check_same(model, exported, example, "onnx")
+    return Compressed(exported, "real")
+
+
+def onnx_int8(model: nn.Module, ctx: Context) -> Compressed:
+    """ONNX Runtime static int8 (QDQ, per-channel weights), calibrated on the calibration data."""
+    batches = list(ctx.calibration)
+    if not batches:
+        raise Unsupported("onnx_int8 needs calibration batches in Context.calibration")
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as err:
+        raise Unsupported("onnx_int8 needs onnxruntime: pip install onnxruntime") from err
+    folder = tempfile.TemporaryDirectory(prefix="compress-onnx-int8-")
+    root = Path(folder.name)
+    fp32 = _export_onnx(model, _example(ctx, "onnx_int8"), root / "fp32.onnx")
+    prepared, int8 = root / "prepared.onnx", root / "model.onnx"
+    # Shape inference and graph clean-up first (ONNX's own shape inference: the symbolic one
+    # gives up on YOLO's head).
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter(batches)
+
+        def get_next(self):
+            batch = next(self.left, None)
+            return None if batch is None else {"input": batch.detach().cpu().numpy()}
+
+    # Only the layers with weights run in int8. Quantizing every op also quantizes tensors that
+    # join unlike ranges under one scale (YOLO concatenates boxes in pixels with class scores
+    # in [0, 1]: every score rounds to 0, measured mAP 0).
+    quantize_static(str(prepared), str(int8), Batches(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    fp32.unlink()
+    prepared.unlink()
+    return Compressed(_onnx_runtime(int8, folder), "real")
+
+
+# An exported float model must reproduce the model: the largest output difference, relative
+# to the largest output, stays within float reordering of the same arithmetic.
+EXPORT_RTOL = 1e-4
+
+
+def _check_same(model: nn.Module, exported: Exported, example: torch.Tensor, name: str) -> None:
+    """The first output (the prediction; some heads return features beside it) must match."""
+    with torch.no_grad():
+        want, got = _flatten(model(example))[0].float(), _flatten(exported(example))[0].float()
+    if want.shape != got.shape:
+        raise AssertionError(f"{name}: the exported model's output has shape "
+                             f"{tuple(got.shape)}, the model's {tuple(want.shape)}")
+    worst = float((want - got).abs().max() / want.abs().max().clamp_min(1e-12))
+    if not worst <= EXPORT_RTOL:
+        raise AssertionError(f"{name}: the exported model's output differs from the model's "
+                             f"by {worst:.3g} of its largest value (allowed {EXPORT_RTOL:g}): "
+                             "the export is not the model")
+
+
+def _example(ctx: Context, name: str) -> torch.Tensor:
+    if ctx.example_input is None:
+        raise Unsupported(f"{name} traces the model: it needs Context.example_input")
+    if ctx.device != "cpu":
+        raise Unsupported(f"{name} runs here on the CPU runtime only")
+    return ctx.example_input
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError as err:
+        raise Unsupported("ONNX export needs onnx and onnxruntime: pip install onnx "
+                          "onnxruntime") from err
+    with torch.no_grad():
+        outputs = _flatten(model(example))
+    names = [f"output{i}" for i in range(len(outputs))]
+    batch = {"input": {0: "batch"}, **{name: {0: "batch"} for name in names}}
+    with torch.no_grad():
+        torch.onnx.export(_Flat(model).eval(), (example,), str(path), dynamo=False,
+                          opset_version=OPSET, input_names=["input"], output_names=names,
+                          dynamic_axes=batch)
+    return path
+
+
+def _flatten(output) -> list[torch.Tensor]:
+    """The tensors of a nested output, in order (dict values, list and tuple items)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, list | tuple):
+        return [t for item in output for t in _flatten(item)]
+    return []  # None, shapes and other non-tensors do not ship
+
+
+class _Flat(nn.Module):
+    """The model with its output flattened to a tuple of tensors, which every format can hold
+    (ultralytics' Detect head returns a tensor and a dict of lists): the first stays first.
+    Built in eval mode: the ONNX exporter restores the wrapper's mode, and with it the model's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(_flatten(self.model(x)))
+
+
+class OnnxRuntime:
+    """Runs an ONNX file with ONNX Runtime on as many threads as torch is set to."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sessions = {}  # one per thread count
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        import numpy as np
+
+        outputs = self.session().run(None, {"input": x.detach().float().cpu().numpy()})
+        return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outputs)
+
+    def session(self):
+        import onnxruntime as ort
+
+        n = torch.get_num_threads()
+        if n not in self.sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = n, 1
+            options.log_severity_level = 3  # errors only
+            self.sessions[n] = ort.InferenceSession(str(self.path), options,
+                                                    providers=["CPUExecutionProvider"])
+        return self.sessions[n]
+
+
+def _onnx_runtime(path: Path, folder) -> Exported:
+    import onnx
+    from onnx import numpy_helper
+
+    weights = [torch.from_numpy(numpy_helper.to_array(t).copy())
+               for t in onnx.load(str(path)).graph.initializer]
+    return Exported(path, OnnxRuntime(path), weights, folder)

@@ -1,0 +1,100 @@
+"""Export formats: the exported file reproduces the model (or, int8, stays close and stores int8
+weights), its size is the file's, and ONNX Runtime runs on the thread count torch is set to."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.harness.measure import artifact_size, threads
+from compress import Context, Unsupported, export, get
+
+pytest.importorskip("onnxruntime")
+
+
+class Net(nn.Module):
+    """Convolutions and a classifier, returning a dict beside the logits like a detection head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16),
+                                      nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        features = self.features(x)
+        return self.head(features), {"features": [features]}
+
+
+def context() -> Context:
+    gen = torch.Generator().manual_seed(1)
+    return Context(calibration=[torch.randn(8, 3, 16, 16, generator=gen) for _ in range(4)],
+                   example_input=torch.randn(4, 3, 16, 16, generator=gen))
+
+
+@pytest.mark.parametrize("name", ["torchscript", "onnx"])
+def test_an_export_reproduces_the_model_at_any_batch_size(name):
+    model = Net().eval()
+    out = get(name).apply(model, context())
+    assert out.execution == "real" and out.model.artifact.exists()
+    x = torch.randn(7, 3, 16, 16)  # another batch size than the example's
+    logits, features = out.model(x)
+    with torch.no_grad():
+        want = model(x)
+    torch.testing.assert_close(logits, want[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(features, want[1]["features"][0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["torchscript", "onnx", "onnx_int8"])
+def test_the_size_of_an_export_is_its_file(name):
+    out = get(name).apply(Net().eval(), context())
+    size = artifact_size(out.model)
+    assert size.size_bytes == out.model.artifact.stat().st_size
+    assert size.params >= sum(p.numel() for p in Net().parameters()) - 2 * 16  # BN folded
+
+
+def test_onnx_int8_stores_int8_weights_and_stays_close():
+    model = Net().eval()
+    out = get("onnx_int8").apply(model, context())
+    assert any(t.dtype == torch.int8 for t in out.model.stored)
+    float_size = artifact_size(get("onnx").apply(model, context()).model).size_bytes
+    assert artifact_size(out.model).size_bytes < 0.6 * float_size
+    x = context().example_input
+    with torch.no_grad():
+        want = model(x)[0]
+    assert ((out.model(x)[0] - want).norm() / want.norm()).item() < 0.1
+
+
+def test_onnx_runtime_runs_on_the_thread_count_torch_is_set_to():
+    out = get("onnx").apply(Net().eval(), context())
+    x = context().example_input
+    for n in (1, 2):
+        with threads(n):
+            out.model(x)
+    cached = out.model._run.sessions
+    assert sorted(cached) == [1, 2]
+    assert [s.get_session_options().intra_op_num_threads for _, s in sorted(cached.items())] \
+        == [1, 2]
+
+
+def test_an_export_that_is_not_the_model_fails(monkeypatch):
+    """The fault: a runtime that computes something slightly else (1 % off)."""
+    real = export.OnnxRuntime.__call__
+    monkeypatch.setattr(export.OnnxRuntime, "__call__",
+                        lambda self, x: tuple(t * 1.01 for t in real(self, x)))
+    with pytest.raises(AssertionError, match="the export is not the model"):
+        get("onnx").apply(Net().eval(), context())
+
+
+@pytest.mark.parametrize("name", ["torchscript", "onnx", "onnx_int8"])
+def test_exports_need_an_example_input(name):
+    with pytest.raises(Unsupported, match="example_input"):
+        get(name).apply(Net().eval(), Context(calibration=context().calibration))
+
+
+def test_onnx_int8_needs_calibration():
+    with pytest.raises(Unsupported, match="calibration"):
+        get("onnx_int8").apply(Net().eval(), Context(example_input=context().example_input))
