@@ -79,3 +79,9 @@ def tied_parameters(model: nn.Module) -> set[int]:
     for _, param in model.named_parameters(remove_duplicate=False):
         seen[id(param)] = seen.get(id(param), 0) + 1
     return {key for key, count in seen.items() if count > 1}
+
+
+def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest |got - want| relative to the largest |want|: how far an output moved."""
+    got, want = got.float(), want.float()
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))

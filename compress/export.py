@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.base import Compressed, Context, Unsupported
+from compress.base import Compressed, Context, Unsupported, relative_difference
 
 OPSET = 17
 
@@ -108,11 +108,11 @@ EXPORT_RTOL = 1e-4
 def _check_same(model: nn.Module, exported: Exported, example: torch.Tensor, name: str) -> None:
     """The first output (the prediction; some heads return features beside it) must match."""
     with torch.no_grad():
-        want, got = _flatten(model(example))[0].float(), _flatten(exported(example))[0].float()
+        want, got = _flatten(model(example))[0], _flatten(exported(example))[0]
     if want.shape != got.shape:
         raise AssertionError(f"{name}: the exported model's output has shape "
                              f"{tuple(got.shape)}, the model's {tuple(want.shape)}")
-    worst = float((want - got).abs().max() / want.abs().max().clamp_min(1e-12))
+    worst = relative_difference(got, want)
     if not worst <= EXPORT_RTOL:
         raise AssertionError(f"{name}: the exported model's output differs from the model's "
                              f"by {worst:.3g} of its largest value (allowed {EXPORT_RTOL:g}): "

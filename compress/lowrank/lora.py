@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.base import Compressed, Context, Unsupported
-from compress.quant.bnb import unpack_cpu_4bit
+from compress.base import Compressed, Context, Unsupported, relative_difference
+from compress.quant.bnb import bnb_format, unpack_cpu_4bit
 
 RANK, ALPHA = 16, 32  # alpha / rank = 2, as the LoRA and QLoRA papers' recipes use
 ADAPTER_SEED = 0
@@ -38,7 +38,7 @@ MERGE_TOLERANCE = {"float": 1e-4, "bitsandbytes": 0.05}
 
 def lora(model: nn.Module, ctx: Context) -> Compressed:
     """A rank-16 LoRA adapter on every Linear (peft), trained by the workload's fine-tune."""
-    if _bnb_format(model) != "float":
+    if bnb_format(model) != "float":
         raise Unsupported("the model's weights are bitsandbytes-quantized: train its adapter "
                           "with +qlora, which prepares a k-bit model for training")
     return _adapt(model, ctx)
@@ -46,7 +46,7 @@ def lora(model: nn.Module, ctx: Context) -> Compressed:
 
 def qlora(model: nn.Module, ctx: Context) -> Compressed:
     """QLoRA: a rank-16 LoRA adapter trained on top of a frozen bitsandbytes 4- or 8-bit model."""
-    if _bnb_format(model) == "float":
+    if bnb_format(model) == "float":
         raise Unsupported("+qlora trains an adapter on a bitsandbytes model: put it after "
                           "bnb_nf4, bnb_fp4 or bnb_int8, and use +lora on any other model")
     peft = _peft()
@@ -88,20 +88,20 @@ def _merge_check(adapted: nn.Module, example: torch.Tensor) -> float:
     peft's merge into the 4-bit weights would quantize the adapter's small updates away.
     """
     peft = _peft()
-    tolerance = MERGE_TOLERANCE["float" if _bnb_format(adapted) == "float" else "bitsandbytes"]
+    quantized = bnb_format(adapted) != "float"
+    tolerance = MERGE_TOLERANCE["bitsandbytes" if quantized else "float"]
     with torch.inference_mode():
         unmerged = _logits(adapted(example))
     base = copy.deepcopy(adapted)
     unpack_cpu_4bit(base)
     base = base.unload()  # the base model without the adapter layers
-    if _bnb_format(base) != "float":
+    if quantized:
         base = base.dequantize()
     fresh = peft.get_peft_model(base, adapted.peft_config["default"])
     peft.set_peft_model_state_dict(fresh, peft.get_peft_model_state_dict(adapted))
     merged = fresh.merge_and_unload().eval()
     with torch.inference_mode():
-        relative = float((_logits(merged(example)) - unmerged).abs().max()
-                         / unmerged.abs().max().clamp_min(1e-12))
+        relative = relative_difference(_logits(merged(example)), unmerged)
     if not relative <= tolerance:
         raise AssertionError(
             f"merge_and_unload moved the logits by {relative:.3g} of their largest value, over "
@@ -111,8 +111,7 @@ def _merge_check(adapted: nn.Module, example: torch.Tensor) -> float:
 
 
 def _logits(output) -> torch.Tensor:
-    logits = getattr(output, "logits", output)
-    return logits.float()
+    return getattr(output, "logits", output)
 
 
 def _adapter_bytes(adapted: nn.Module) -> int:
@@ -120,17 +119,6 @@ def _adapter_bytes(adapted: nn.Module) -> int:
     with tempfile.TemporaryDirectory() as folder:
         adapted.save_pretrained(folder)
         return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
-
-
-def _bnb_format(model: nn.Module) -> str:
-    """'4bit', 'int8' or 'float': the bitsandbytes format of the model's Linear weights."""
-    for module in model.modules():
-        kind = type(module).__name__
-        if kind in ("Linear4bit", "LinearNF4", "LinearFP4"):
-            return "4bit"
-        if kind == "Linear8bitLt":
-            return "int8"
-    return "float"
 
 
 def _peft():

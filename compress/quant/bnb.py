@@ -17,6 +17,8 @@ from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
 
+# The bitsandbytes layer classes of each format (transformers builds them by name).
+LAYERS = {"4bit": ("Linear4bit", "LinearNF4", "LinearFP4"), "int8": ("Linear8bitLt",)}
 FORMATS = {
     "int8": {"load_in_8bit": True},
     "nf4": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
@@ -65,7 +67,7 @@ def bnb(fmt: str) -> Callable[[nn.Module, Context], Compressed]:
                 if getattr(pretrained, part, "absent") is None:
                     setattr(quantized, part, None)
             for module in quantized.modules():
-                if type(module).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4"):
+                if type(module).__name__ in LAYERS["4bit"]:
                     module.register_state_dict_pre_hook(_unpack_before_saving)
             if parent is None:
                 model = quantized
@@ -76,6 +78,15 @@ def bnb(fmt: str) -> Callable[[nn.Module, Context], Compressed]:
     transform.__doc__ = (f"bitsandbytes {fmt} weights for every Linear but the output head, "
                          "through transformers' BitsAndBytesConfig (fp32 compute).")
     return transform
+
+
+def bnb_format(model: nn.Module) -> str:
+    """'4bit', 'int8' or 'float': the bitsandbytes format of the model's Linear layers."""
+    for module in model.modules():
+        for fmt, classes in LAYERS.items():
+            if type(module).__name__ in classes:
+                return fmt
+    return "float"
 
 
 def unpack_cpu_4bit(model: nn.Module) -> None:
