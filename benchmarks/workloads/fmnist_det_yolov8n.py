@@ -91,22 +91,24 @@ def offline_ultralytics():
 
 def load() -> Workload:
     ultralytics = offline_ultralytics()
+    from ultralytics.data.utils import check_det_dataset
     from ultralytics.nn.tasks import DetectionModel
 
     recipe = YoloRecipe(ultralytics=ultralytics.__version__)
     yaml = build(cache_dir(), recipe.data)
+    data = check_det_dataset(str(yaml))  # ultralytics' reading of it: paths, names
     say(NAME, f"data set: {yaml.parent}")
 
     def fit() -> nn.Module:
         return _train(recipe, yaml)
 
     state, path = cached_state_dict(NAME, recipe, fit)
-    model = DetectionModel(recipe.model, nc=len(_names(yaml)), verbose=False)
+    model = DetectionModel(recipe.model, nc=len(data["names"]), verbose=False)
     model.load_state_dict(state)
     model.eval()
-    val = _Validation(yaml, recipe.imgsz)
+    val = _Validation(yaml, data, recipe.imgsz)
     say(NAME, f"reference from {path}; {len(val.images)} validation images")
-    train_set = _train_set(yaml, recipe)
+    train_set = _train_set(data, recipe)
 
     def finetune(candidate: nn.Module) -> None:
         """ultralytics' own loss on its augmented training images, a few epochs' worth."""
@@ -146,12 +148,6 @@ def load() -> Workload:
     )
 
 
-def _names(yaml: Path) -> dict[int, str]:
-    from ultralytics.data.utils import check_det_dataset
-
-    return check_det_dataset(str(yaml))["names"]
-
-
 def _train(recipe: YoloRecipe, yaml: Path) -> nn.Module:
     """ultralytics' trainer, seeded and deterministic, on a fixed thread count."""
     import ultralytics.utils.torch_utils as torch_utils
@@ -166,12 +162,10 @@ def _train(recipe: YoloRecipe, yaml: Path) -> nn.Module:
     return yolo.model.float()
 
 
-def _train_set(yaml: Path, recipe: YoloRecipe):
+def _train_set(data: dict, recipe: YoloRecipe):
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
 
-    data = check_det_dataset(str(yaml))
     cfg = get_cfg(overrides={"imgsz": recipe.imgsz})
     return build_yolo_dataset(cfg, data["train"], FINETUNE_BATCH, data, mode="train", stride=32)
 
@@ -179,13 +173,12 @@ def _train_set(yaml: Path, recipe: YoloRecipe):
 class _Validation:
     """The validation images, preprocessed once, and ultralytics' validator to score them."""
 
-    def __init__(self, yaml: Path, imgsz: int):
+    def __init__(self, yaml: Path, data: dict, imgsz: int):
         self.args = {"data": str(yaml), "imgsz": imgsz, "batch": EVAL_BATCH, "plots": False,
                      "save_json": False, "verbose": False, "split": "val"}
-        validator = self._validator()
+        self.data = data
         self.batches = self.load("val")
         self.images = torch.cat([b["img"] for b in self.batches])
-        self.names = validator.data["names"]
 
     def load(self, split: str) -> list[dict]:
         """A split's images as the validator feeds them (letterboxed, scaled to [0, 1])."""
@@ -194,17 +187,16 @@ class _Validation:
         return [validator.preprocess(batch) for batch in loader]
 
     def _validator(self):
-        from ultralytics.data.utils import check_det_dataset
         from ultralytics.models.yolo.detect import DetectionValidator
 
         validator = DetectionValidator(args=dict(self.args))
-        validator.data = check_det_dataset(self.args["data"])
+        validator.data = self.data
         validator.device = torch.device("cpu")
         return validator
 
     def evaluate(self, candidate: nn.Module, input_dtype: torch.dtype = torch.float32) -> Score:
         validator = self._validator()
-        validator.init_metrics(_Named(self.names))
+        validator.init_metrics(_Named(self.data["names"]))
         with torch.inference_mode():
             for batch in self.batches:
                 out = candidate(batch["img"].to(input_dtype))
