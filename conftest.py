@@ -89,6 +89,8 @@ def bench_run(request: pytest.FixtureRequest):
     if device.startswith("cuda"):
         import torch
 
+        # Read when cuBLAS starts: its deterministic mode, which the fine-tunes use, needs it.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         if not torch.cuda.is_available():
             pytest.skip(f"--device {device}: no CUDA device on this machine")
         worker = _worker(config)

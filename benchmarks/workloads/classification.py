@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.workloads import fashion_mnist
-from benchmarks.workloads.base import Score, Workload, cached_state_dict, state_sha256, train
+from benchmarks.workloads.base import (
+    Score,
+    Workload,
+    cached_state_dict,
+    model_device,
+    state_sha256,
+    train,
+)
 
 EVAL_BATCH = 500
 TIMING_BATCH = 32
@@ -37,18 +44,22 @@ def image_classifier(
     recipe: Recipe,
     build: Callable[[], nn.Module],
     prepare: Callable[[torch.Tensor], torch.Tensor],
+    start: Callable[[], nn.Module] | None = None,
 ) -> Workload:
     """A Workload for a classifier built by `build` and trained (or fine-tuned) per `recipe`.
 
-    `prepare` turns uint8 (N, 28, 28) images into the model's input batch.
+    `prepare` turns uint8 (N, 28, 28) images into the model's input batch; `start` builds the
+    model training starts from (pretrained weights, say), only when there is no cached one.
     """
     data = fashion_mnist.load()
 
     def batch_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(prepare(data.train_images[idx])), data.train_labels[idx])
+        device = model_device(model)
+        logits = model(prepare(data.train_images[idx]).to(device))
+        return F.cross_entropy(logits, data.train_labels[idx].to(device))
 
     def fit() -> nn.Module:
-        return train(build(), batch_loss, len(data.train_labels), epochs=recipe.epochs,
+        return train((start or build)(), batch_loss, len(data.train_labels), epochs=recipe.epochs,
                      batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed,
                      desc=f"train {name}")
 
@@ -58,11 +69,11 @@ def image_classifier(
     model.eval()
 
     def evaluate(candidate: nn.Module, input_dtype: torch.dtype = torch.float32) -> Score:
-        correct = []
+        correct, device = [], model_device(candidate)
         with torch.inference_mode():
             for start in range(0, len(data.test_labels), EVAL_BATCH):
-                x = prepare(data.test_images[start:start + EVAL_BATCH]).to(input_dtype)
-                pred = candidate(x).argmax(dim=1)
+                x = prepare(data.test_images[start:start + EVAL_BATCH]).to(device, input_dtype)
+                pred = candidate(x).argmax(dim=1).cpu()
                 correct.append(pred == data.test_labels[start:start + EVAL_BATCH])
         per_sample = 100.0 * torch.cat(correct).float()
         return Score(per_sample.mean().item(), per_sample)

@@ -28,6 +28,7 @@ from benchmarks.workloads.base import (
     Workload,
     cache_dir,
     cached_state_dict,
+    model_device,
     say,
     state_sha256,
     train,
@@ -123,7 +124,7 @@ def load() -> Workload:
 
         def batch_loss(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
             batch = train_set.collate_fn([train_set[int(i)] for i in idx])
-            batch["img"] = batch["img"].float() / 255
+            batch["img"] = batch["img"].to(model_device(m)).float() / 255
             loss, _ = m.loss(batch)
             return loss.sum()
 
@@ -195,13 +196,13 @@ class _Validation:
         return validator
 
     def evaluate(self, candidate: nn.Module, input_dtype: torch.dtype = torch.float32) -> Score:
-        validator = self._validator()
+        validator, device = self._validator(), model_device(candidate)
         validator.init_metrics(_Named(self.data["names"]))
         with torch.inference_mode():
             for batch in self.batches:
-                out = candidate(batch["img"].to(input_dtype))
+                out = candidate(batch["img"].to(device, input_dtype))
                 out = out[0] if isinstance(out, tuple | list) else out
-                validator.update_metrics(validator.postprocess(out.float()), batch)
+                validator.update_metrics(validator.postprocess(out.float().cpu()), batch)
         per_image = {k: list(v) for k, v in validator.metrics.stats.items()}
         results = validator.get_stats()
         true_positives = torch.tensor([float(tp[:, 0].sum()) for tp in per_image["tp"]])

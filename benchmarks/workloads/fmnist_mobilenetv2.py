@@ -81,4 +81,4 @@ def prepare(images: torch.Tensor) -> torch.Tensor:
 
 
 def load() -> Workload:
-    return image_classifier(NAME, RECIPE, pretrained, prepare)
+    return image_classifier(NAME, RECIPE, build, prepare, start=pretrained)

@@ -15,7 +15,7 @@ def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
     """The smallest rank whose singular values keep `energy` of the sum of their squares."""
     power = singular_values.double().pow(2)
     kept = power.cumsum(0) / power.sum()
-    return min(int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype)).item()) + 1,
+    return min(int(torch.searchsorted(kept, kept.new_tensor(energy)).item()) + 1,
                len(singular_values))
 
 
