@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 
 from compress import Context, get
 from compress.lowrank.svd import factorize_conv, factorize_linear, rank_for_energy
+from compress.prune.channels import output_layers
 from compress.quant.cast import bf16_real_on
 
 FAST = settings(max_examples=20, deadline=None, database=None)
@@ -286,6 +287,49 @@ def test_prune_channels_on_mobilenet_v2():
     assert torch.isfinite(y).all()
     assert n_params(out.model) < n_params(model)
     assert out.model.classifier[-1].out_features == 10
+
+
+def test_output_layers_of_classifiers_are_their_last_linear():
+    small = SmallCNN().eval()
+    assert output_layers(small, torch.randn(1, 3, 8, 8)) == [small.head]
+    mobilenet = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    assert output_layers(mobilenet, torch.randn(1, 3, 32, 32)) == [mobilenet.classifier[-1]]
+
+
+class TwoHeads(nn.Module):
+    """A trunk, then a box conv decoded by a frozen conv, and a class conv: YOLO's head, small."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.box, self.cls = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 3, 1)
+        self.decode = nn.Conv2d(4, 2, 1).requires_grad_(False)
+
+    def forward(self, x):
+        features = self.trunk(x)
+        return torch.cat([self.decode(self.box(features)), self.cls(features)], 1), features
+
+
+def test_output_layers_look_through_frozen_layers_and_only_at_the_first_output():
+    model = TwoHeads().eval()
+    got = output_layers(model, torch.randn(1, 3, 8, 8))
+    assert sorted(map(id, got)) == sorted(map(id, [model.decode, model.box, model.cls]))
+
+
+def test_prune_channels_leaves_frozen_weights_whole():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 10))
+    model[2].requires_grad_(False)
+    example = torch.randn(1, 3, 10, 10)
+    pruned = get("prune_channels@0.5").apply(model.eval(), Context(example_input=example)).model
+    # The frozen conv keeps its inputs and outputs, so the convs either side of it keep theirs;
+    # the last conv is pruned.
+    assert torch.equal(pruned[2].weight, model[2].weight)
+    assert pruned[0].out_channels == 8 and pruned[4].in_channels == 8
+    assert pruned[4].out_channels == 8
 
 
 # --- svd --------------------------------------------------------------------------------------

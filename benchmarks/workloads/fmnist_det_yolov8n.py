@@ -46,6 +46,9 @@ CELLS = {
     "prune_l1@0.5+ft": "pr",  # ultralytics' loss and augmented data in the recovery loop
     "prune_global@0.5": "full",
     "prune_global@0.5+ft": "full",
+    # Channels really removed: C2f blocks rewritten without their chunk, the head's outputs kept.
+    "prune_channels@0.3": "full",
+    "prune_channels@0.3+ft": "full",
     "svd@0.9": "pr",
     # The deployment path users take with ultralytics, as `yolo benchmark` compares it.
     "torchscript": "full",
