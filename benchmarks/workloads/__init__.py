@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from benchmarks.workloads import (
+    craft_text,
     fmnist_cnn,
     fmnist_det_yolov8n,
     fmnist_mobilenetv2,
@@ -15,7 +16,7 @@ from benchmarks.workloads.base import TIERS, Workload
 
 WORKLOADS: dict[str, ModuleType] = {
     m.NAME: m for m in (fmnist_cnn, fmnist_mobilenetv2, smollm2_135m, minilm_l6,
-                       fmnist_det_yolov8n)}
+                       fmnist_det_yolov8n, craft_text)}
 
 
 def cells(family: str) -> list[tuple[str, str, str]]:
