@@ -6,6 +6,8 @@ from types import ModuleType
 
 from benchmarks.workloads import (
     craft_text,
+    esrgan_animevideov3,
+    esrgan_x4plus,
     fmnist_cnn,
     fmnist_det_yolov8n,
     fmnist_mobilenetv2,
@@ -16,7 +18,8 @@ from benchmarks.workloads.base import TIERS, Workload
 
 WORKLOADS: dict[str, ModuleType] = {
     m.NAME: m for m in (fmnist_cnn, fmnist_mobilenetv2, smollm2_135m, minilm_l6,
-                       fmnist_det_yolov8n, craft_text)}
+                       fmnist_det_yolov8n, craft_text,
+                       esrgan_animevideov3, esrgan_x4plus)}
 
 
 def cells(family: str) -> list[tuple[str, str, str]]:

