@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 import compress
@@ -89,3 +91,19 @@ def test_report_files(tmp_path):
     text = md.read_text()
     assert "| w | int8_static | real |" in text and "2.00x [2.00, 2.00] sim" in text
     assert (tmp_path / "pareto-w.png").stat().st_size > 10_000
+
+
+def test_report_shows_each_models_picture_beside_the_references(tmp_path):
+    red, grey = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 128, np.uint8)
+    red[..., 0] = 255
+    records = [make_record("int8_static"), make_record("prune_global@0.9")]
+    for r, image in zip(records, (grey, red), strict=True):
+        r.pictures = {"reference": grey, "compressed": image}
+    run = {"hardware_class": "cpu-test", "cpu": "test", "torch": torch.__version__,
+           "threads": 1, "git_sha": "abc", "tier": "pr"}
+    text = report.write_markdown(tmp_path, records, {}, run).read_text()
+    for name in ("reference", "int8_static", "prune_global_0.9"):
+        assert f"(picture-w-{name}.png)" in text
+    saved = np.asarray(Image.open(tmp_path / "picture-w-prune_global_0.9.png"))
+    assert np.array_equal(saved, red)
+    assert "pictures" not in json.dumps(records[0].to_json())

@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 import compress
@@ -30,6 +31,7 @@ class Reference:
     score: Score
     size: Size
     peak_memory_bytes: int
+    picture: np.ndarray | None = None
 
 
 def peak_memory_bytes(model: torch.nn.Module, x: torch.Tensor, size: Size, device: str) -> int:
@@ -41,7 +43,8 @@ def measure_reference(workload: Workload, device: str) -> Reference:
     model = workload.model.to(device)
     size = artifact_size(model)
     return Reference(workload.evaluate(model, torch.float32), size,
-                     peak_memory_bytes(model, workload.example_input.to(device), size, device))
+                     peak_memory_bytes(model, workload.example_input.to(device), size, device),
+                     workload.picture(model, torch.float32) if workload.picture else None)
 
 
 def run_cell(workload: Workload, reference: Reference, technique_name: str, *, device: str,
@@ -101,6 +104,9 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         self_check_problems=problems,
         per_sample=per_sample,
         resamplers={"reference": reference.score.resample, "compressed": score.resample},
+        pictures={"reference": reference.picture,
+                  "compressed": workload.picture(model, compressed.input_dtype)}
+        if workload.picture else {},
     )
     return record, compressed
 

@@ -39,6 +39,9 @@ class Record:
     # and for metrics that need them, each model's Score.resample.
     per_sample: dict = field(default_factory=dict, repr=False)
     resamplers: dict = field(default_factory=dict, repr=False)
+    # The workload's picture of each model's output ("reference", "compressed"), for the
+    # report; not serialized.
+    pictures: dict = field(default_factory=dict, repr=False)
 
     @property
     def cell(self) -> str:
@@ -108,7 +111,8 @@ class Record:
         return self.probe_timings[metric.removesuffix("_speedup")].speedup_iqr
 
     def to_json(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in ("per_sample", "resamplers")}
+        in_memory = ("per_sample", "resamplers", "pictures")
+        out = {k: v for k, v in asdict(self).items() if k not in in_memory}
         out["timing"]["speedup"] = self.speedup
         out["timing"]["speedup_iqr"] = list(self.timing.speedup_iqr)
         out["timing"]["reference_median_ms"] = _median(self.timing.reference_ms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,6 +143,34 @@ def pareto_plot(path: Path, workload: str, records: list[Record]) -> None:
     plt.close(fig)
 
 
+def picture_gallery(folder: Path, workload: str, records: list[Record],
+                    per_row: int = 4) -> list[str]:
+    """Markdown for the reference's picture beside each cell's, each saved as a PNG and
+    captioned with its metric; nothing for a workload without pictures."""
+    from PIL import Image
+
+    shown = [r for r in records if r.pictures]
+    if not shown:
+        return []
+    first = shown[0]
+    entries = [("reference", first.pictures["reference"],
+                f"{first.metric} {_number(first.reference_metric)}")]
+    entries += [(r.technique, r.pictures["compressed"],
+                 f"{r.metric} {_number(r.compressed_metric)}") for r in shown]
+    cells = []
+    for name, image, caption in entries:
+        file = f"picture-{workload}-{re.sub(r'[^A-Za-z0-9.-]', '_', name)}.png"
+        Image.fromarray(image).save(folder / file)
+        cells.append((f"{name}<br>{caption}", f"![{name}]({file})"))
+    lines = [f"What the numbers look like: the same output of {workload} from each model.", ""]
+    for start in range(0, len(cells), per_row):
+        row = cells[start:start + per_row]
+        lines += ["| " + " | ".join(title for title, _ in row) + " |",
+                  "|" + " --- |" * len(row),
+                  "| " + " | ".join(image for _, image in row) + " |", ""]
+    return lines
+
+
 def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[Check]],
                    run: dict) -> Path:
     path = folder / "report.md"
@@ -182,6 +211,7 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
     for workload, recs in by_workload.items():
         plot = folder / f"pareto-{workload}.png"
         pareto_plot(plot, workload, recs)
-        lines += [f"## {workload}", "", f"![Pareto plot of {workload}]({plot.name})", ""]
+        lines += [f"## {workload}", "", f"![Pareto plot of {workload}]({plot.name})", "",
+                  *picture_gallery(folder, workload, recs)]
     path.write_text("\n".join(lines))
     return path

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -76,6 +77,9 @@ class Workload:
     timed_items: tuple[str, int, str] | None = None
     # Further timed tasks, each gated like the speedup as `<name>_speedup`.
     probes: dict[str, Probe] = field(default_factory=dict)
+    # One output of a model as an (H, W, 3) uint8 image, shown in the report beside the
+    # reference's (a generator's upscaled photo: what a PSNR drop looks like).
+    picture: Callable[[nn.Module, torch.dtype], np.ndarray] | None = None
 
 
 def cache_dir() -> Path:
