@@ -67,3 +67,19 @@ def test_training_on_cuda_uses_deterministic_kernels_and_restores_the_settings()
     assert not torch.are_deterministic_algorithms_enabled()
     with base.deterministic(torch.device("cpu")):  # CPU training is deterministic already
         assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_training_for_max_steps_takes_that_many_steps_from_a_split_with_a_ragged_end():
+    # 15 items in batches of 8 give one full batch an epoch: steps, not items, set the epochs
+    # (a ceiling of steps x batch / items gave 54 of 100 steps here).
+    steps = []
+    model = nn.Linear(2, 1)
+
+    def batch_loss(m, idx):
+        steps.append(len(idx))
+        return m(torch.ones(len(idx), 2)).pow(2).mean()
+
+    base.train(model, batch_loss, 15, batch_size=8, lr=1e-3, seed=0, max_steps=100, desc="t")
+    assert steps == [8] * 100
+    with pytest.raises(ValueError, match="max_steps"):
+        base.train(model, batch_loss, 15, batch_size=8, lr=1e-3, seed=0, desc="t")

@@ -213,11 +213,11 @@ def train(
     batch_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     n_items: int,
     *,
-    epochs: int,
     batch_size: int,
     lr: float,
     seed: int,
     desc: str,
+    epochs: int | None = None,
     max_steps: int | None = None,
     weight_decay: float = 1e-4,
 ) -> nn.Module:
@@ -225,8 +225,14 @@ def train(
     the same model.
 
     `batch_loss(model, indices)` is the loss of one batch of the training items; `max_steps`
-    cuts training short (a recovery fine-tune is a few hundred steps of the same loop).
+    cuts training short (a recovery fine-tune is a few hundred steps of the same loop). Without
+    `epochs`, as many as `max_steps` full batches take.
     """
+    if epochs is None:
+        if max_steps is None or n_items < batch_size:
+            raise ValueError(f"{desc}: give epochs, or max_steps and at least one full batch "
+                             f"({n_items} items, batch {batch_size})")
+        epochs = -(-max_steps // (n_items // batch_size))
     torch.manual_seed(seed)  # dropout and anything else that draws from the global generator
     gen = torch.Generator().manual_seed(seed)
     plan = [idx for _ in range(epochs) for idx in torch.randperm(n_items, generator=gen)

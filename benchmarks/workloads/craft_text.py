@@ -103,10 +103,8 @@ def load() -> Workload:
             device = model_device(m)
             return F.mse_loss(m(train_x[idx].to(device))[0], targets[0][idx].to(device))
 
-        train(candidate, batch_loss, len(train_x), epochs=-(-FINETUNE_STEPS * FINETUNE_BATCH
-                                                          // len(train_x)),
-              batch_size=FINETUNE_BATCH, lr=FINETUNE_LR, seed=RECIPE.seed + 1,
-              max_steps=FINETUNE_STEPS, desc=f"fine-tune {NAME}")
+        train(candidate, batch_loss, len(train_x), batch_size=FINETUNE_BATCH, lr=FINETUNE_LR,
+              seed=RECIPE.seed + 1, max_steps=FINETUNE_STEPS, desc=f"fine-tune {NAME}")
 
     return Workload(
         name=NAME,

@@ -131,8 +131,7 @@ def load() -> Workload:
             loss, _ = m.loss(batch)
             return loss.sum()
 
-        epochs = -(-FINETUNE_STEPS * FINETUNE_BATCH // len(train_set))
-        train(candidate, batch_loss, len(train_set), epochs=epochs, batch_size=FINETUNE_BATCH,
+        train(candidate, batch_loss, len(train_set), batch_size=FINETUNE_BATCH,
               lr=FINETUNE_LR, seed=recipe.seed + 1, max_steps=FINETUNE_STEPS,
               desc=f"fine-tune {NAME}")
 

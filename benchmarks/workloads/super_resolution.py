@@ -111,10 +111,8 @@ def super_resolution(name: str, model: nn.Module, timing_batch: int,
             device = model_device(m)
             return F.l1_loss(m(training_low[idx].to(device)), targets[0][idx].to(device))
 
-        train(candidate, batch_loss, len(training_low),
-              epochs=-(-FINETUNE_STEPS * FINETUNE_BATCH // len(training_low)),
-              batch_size=FINETUNE_BATCH, lr=FINETUNE_LR, seed=1, max_steps=FINETUNE_STEPS,
-              desc=f"fine-tune {name}")
+        train(candidate, batch_loss, len(training_low), batch_size=FINETUNE_BATCH,
+              lr=FINETUNE_LR, seed=1, max_steps=FINETUNE_STEPS, desc=f"fine-tune {name}")
 
     face = downscale(photo(PICTURE[0])[None, :, PICTURE[1], PICTURE[2]])
 
