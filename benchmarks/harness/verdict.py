@@ -57,8 +57,10 @@ class Check:
 # about the next run's, so the speedup gate is wide; once `nox -s calibrate` has measured the
 # spread between runs of an unchanged tree, the gate is a few of those standard deviations.
 # In the task metric's own unit, per metric: a new metric must say how much it may move.
+# neg_elbo_nats (fmnist-vae): 1 nat per image (0.002 bits per pixel, of about 1,900 nats),
+# wider than the paired 95 % interval of its quantization cells (±0.07 to ±0.3 nats).
 ACCURACY_TOLERANCE = {"top1_pct": 0.3, "perplexity": 0.1, "mAP50-95_pct": 1.0, "AP50_pct": 1.0,
-                      "psnr_db": 0.1}
+                      "psnr_db": 0.1, "neg_elbo_nats": 1.0}
 SIZE_TOLERANCE = 0.01  # relative
 SPEEDUP_TOLERANCE_FLOOR = 0.25  # relative, uncalibrated
 SPEEDUP_SPREAD_FACTOR = 2.0  # times the half-width of the per-round ratio IQR, uncalibrated

@@ -11,6 +11,7 @@ from benchmarks.workloads import (
     fmnist_cnn,
     fmnist_det_yolov8n,
     fmnist_mobilenetv2,
+    fmnist_vae,
     minilm_l6,
     smollm2_135m,
 )
@@ -19,7 +20,7 @@ from benchmarks.workloads.base import TIERS, Workload
 WORKLOADS: dict[str, ModuleType] = {
     m.NAME: m for m in (fmnist_cnn, fmnist_mobilenetv2, smollm2_135m, minilm_l6,
                        fmnist_det_yolov8n, craft_text,
-                       esrgan_animevideov3, esrgan_x4plus)}
+                       esrgan_animevideov3, esrgan_x4plus, fmnist_vae)}
 
 
 def cells(family: str) -> list[tuple[str, str, str]]:
