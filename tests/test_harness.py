@@ -80,6 +80,8 @@ def test_pareto_front():
 def test_report_files(tmp_path):
     records: list[Record] = [make_record("int8_static"),
                              make_record("prune_l1@0.5", execution="simulated")]
+    for r in records:
+        r.workload_notes = {"source": "a wheel", "floor": 0.5}
     checks = {}
     run = {"hardware_class": "cpu-test", "cpu": "test", "torch": torch.__version__,
            "threads": 1, "git_sha": "abc", "tier": "pr"}
@@ -91,6 +93,8 @@ def test_report_files(tmp_path):
     text = md.read_text()
     assert "| w | int8_static | real |" in text and "2.00x [2.00, 2.00] sim" in text
     assert (tmp_path / "pareto-w.png").stat().st_size > 10_000
+    assert "## w\n\nsource: a wheel; floor: 0.5\n" in text  # the workload's notes, once
+    assert ledger["cells"][1]["workload_notes"] == {"source": "a wheel", "floor": 0.5}
 
 
 def test_report_shows_each_models_picture_beside_the_references(tmp_path):

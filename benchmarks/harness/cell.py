@@ -101,6 +101,7 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         compressed_peak_memory_bytes=peak_memory_bytes(model, x_comp, size, device),
         provenance={**provenance(device, n_threads),
                     "reference_checkpoint_sha256": workload.checkpoint_sha256},
+        workload_notes=workload.notes,
         self_check_problems=problems,
         per_sample=per_sample,
         resamplers={"reference": reference.score.resample, "compressed": score.resample},

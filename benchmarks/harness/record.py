@@ -33,6 +33,8 @@ class Record:
     probe_timings: dict[str, Timing] = field(default_factory=dict)
     # Reported beside the metric, not gated: the Score's extras, throughputs.
     extras: dict[str, float] = field(default_factory=dict)
+    # The workload's notes on its reference and data (Workload.notes).
+    workload_notes: dict = field(default_factory=dict)
     # What the benchmark's self-checks found wrong with this measurement (selfcheck.py).
     self_check_problems: list[str] = field(default_factory=list)
     # The paired outcomes the metrics came from (kept in memory for tests; not serialized),

@@ -211,7 +211,9 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
     for workload, recs in by_workload.items():
         plot = folder / f"pareto-{workload}.png"
         pareto_plot(plot, workload, recs)
-        lines += [f"## {workload}", "", f"![Pareto plot of {workload}]({plot.name})", "",
+        notes = "; ".join(f"{key}: {value}" for key, value in recs[0].workload_notes.items())
+        lines += [f"## {workload}", "", *([notes, ""] if notes else []),
+                  f"![Pareto plot of {workload}]({plot.name})", "",
                   *picture_gallery(folder, workload, recs)]
     path.write_text("\n".join(lines))
     return path

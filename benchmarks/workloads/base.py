@@ -72,6 +72,8 @@ class Workload:
     example_input: torch.Tensor  # the batch that is timed (images, or token ids)
     finetune: Callable[[nn.Module], None] | None
     checkpoint_sha256: str
+    # About the reference and its data (source, recipe, context numbers): in every record of
+    # the workload and under its heading in the report.
     notes: dict = field(default_factory=dict)
     # What the timing batch is and holds, for a throughput: ("prefill", 128, "tok").
     timed_items: tuple[str, int, str] | None = None
