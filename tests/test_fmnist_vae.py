@@ -111,3 +111,14 @@ def test_every_technique_of_the_scope_runs_on_the_decoder():
             y = out.model(z_prior[:32].to(out.input_dtype))
         assert y.shape == (32, 2, 28, 28), name
         assert np.isfinite(evaluate(out.model, out.input_dtype).value), name
+
+
+def test_the_picture_tiles_the_generated_images_in_order():
+    model, _, z_prior = tiny_parts()
+    grid = vae.picture_grid(model.decoder, z_prior[:32], torch.float32, per_row=8, zoom=2)
+    assert grid.shape == (4 * 56, 8 * 56, 3) and grid.dtype == np.uint8
+    images = vae.location_images(vae.decode(model.decoder, z_prior[:32], torch.float32))
+    # Image 11 is row 1, column 3; each pixel is a 2x2 block, the same in all three channels.
+    tile = grid[56:112, 3 * 56:4 * 56]
+    assert np.array_equal(tile[::2, ::2, 0], images[11].numpy())
+    assert np.array_equal(tile[1::2, 1::2, 2], images[11].numpy())
