@@ -111,3 +111,32 @@ def test_report_shows_each_models_picture_beside_the_references(tmp_path):
     saved = np.asarray(Image.open(tmp_path / "picture-w-prune_global_0.9.png"))
     assert np.array_equal(saved, red)
     assert "pictures" not in json.dumps(records[0].to_json())
+
+
+def test_a_cell_that_cannot_run_is_listed_in_the_report_with_its_reason(tmp_path):
+    from benchmarks.harness.cell import measure_reference
+    from benchmarks.harness.session import BenchRun
+    from benchmarks.workloads.base import Score, Workload
+
+    convs = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))  # no Linear
+    x = torch.randn(2, 1, 8, 8)
+    workload = Workload(name="w", metric="top1_pct", higher_is_better=True, model=convs,
+                        evaluate=lambda m, dtype: Score(50.0, torch.full((4,), 0.5)),
+                        calibration=[x], example_input=x, finetune=None, checkpoint_sha256="")
+    run = BenchRun(device="cpu", threads=1, tier="pr", update_baselines=False,
+                   report_dir=tmp_path, baselines_root=tmp_path / "baselines",
+                   workloads={"w": workload}, references={"w": measure_reference(workload, "cpu")})
+    try:
+        run.run("w", "int8_dynamic")
+    except compress.Unsupported as why:
+        reason = str(why)
+    else:
+        raise AssertionError("int8_dynamic ran on a model without Linear layers")
+    run.run("w", "bf16")  # a report needs one measured cell
+    lines = run.finish()
+    assert f"w-int8_dynamic: {reason}" in lines
+    text = (tmp_path / "report.md").read_text()
+    assert f"## Skipped (cannot run here)\n\n- w-int8_dynamic: {reason}\n" in text
+    ledger = json.loads((tmp_path / "ledger.json").read_text())
+    assert {"cell": "w-int8_dynamic", "metric": "all", "status": "skipped",
+            "message": f"w-int8_dynamic: {reason}"} in ledger["workload_checks"]

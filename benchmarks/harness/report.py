@@ -88,7 +88,7 @@ def write_ledger(path: Path, records: list[Record], checks: dict[str, list[Check
                         for c in checks.get(r.cell, [])]}
             for r in records
         ],
-        # Checks of whole workloads: the reference model, stale baselines.
+        # Checks of no measured cell: the reference model, stale baselines, skipped cells.
         "workload_checks": [{"cell": c.cell, "metric": c.metric, "status": c.status,
                              "message": c.message}
                             for cell, cs in checks.items() for c in cs
@@ -178,6 +178,7 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
     improved = [c.message for cs in checks.values() for c in cs if c.status == "improved"]
     unresolved = [c.message for cs in checks.values() for c in cs if c.status == "undetectable"]
     stale = [c.message for cs in checks.values() for c in cs if c.status == "stale"]
+    skipped = [c.message for cs in checks.values() for c in cs if c.status == "skipped"]
     lines = [
         "# compress-bench report",
         "",
@@ -205,6 +206,8 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
         lines += ["## Below detectable (not failed)", "", *[f"- {m}" for m in unresolved], ""]
     if stale:
         lines += ["## Stale baselines", "", *[f"- {m}" for m in stale], ""]
+    if skipped:
+        lines += ["## Skipped (cannot run here)", "", *[f"- {m}" for m in skipped], ""]
     by_workload: dict[str, list[Record]] = {}
     for r in records:
         by_workload.setdefault(r.workload, []).append(r)

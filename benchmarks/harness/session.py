@@ -63,9 +63,16 @@ class BenchRun:
                               f"{self.hardware_class}")
 
     def run(self, workload_name: str, technique: str) -> tuple[Record, compress.Compressed]:
+        """Measure one cell; a cell that cannot run here raises compress.Unsupported, and the
+        report lists it with the reason."""
         workload, reference = self.workload(workload_name)
-        record, compressed = run_cell(workload, reference, technique, device=self.device,
-                                      n_threads=self.threads)
+        try:
+            record, compressed = run_cell(workload, reference, technique, device=self.device,
+                                          n_threads=self.threads)
+        except compress.Unsupported as why:
+            cell = f"{workload_name}-{technique}"
+            self.checks[cell] = [Check(cell, "all", "skipped", math.nan, f"{cell}: {why}")]
+            raise
         self.records.append(record)
         return record, compressed
 
@@ -100,7 +107,7 @@ class BenchRun:
         if not self.records:
             return []
         lines = [checks[0].message for cell, checks in self.checks.items()
-                 if cell.endswith(("-reference", "-baseline"))]
+                 if cell.endswith(("-reference", "-baseline")) or checks[0].status == "skipped"]
         if self.update_baselines:
             lines += bless(self.records, self.reference_entries, self.hardware_class,
                            self.baselines_root)

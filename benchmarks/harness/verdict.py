@@ -40,7 +40,8 @@ class Check:
     metric: str
     # "pass", "fail", "improved", "reported" (measured, not gated), "blessed" (new baseline),
     # "undetectable" (beyond the tolerance, but within what the measurement can resolve),
-    # "stale" (the baseline was written under other library versions)
+    # "stale" (the baseline was written under other library versions), "skipped" (the
+    # technique cannot run on this device or model; the message says why)
     status: str
     measured: float
     message: str
