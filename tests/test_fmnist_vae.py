@@ -70,7 +70,7 @@ def tiny_parts(n_images: int = 48):
     images = torch.randint(0, 256, (n_images, 28, 28), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(5))
     z_prior = torch.randn(n_images, LATENT, generator=torch.Generator().manual_seed(6))
-    return model, vae.evaluator(model.encoder, features, images, z_prior), z_prior
+    return model, vae.evaluator(model.encoder, features, images, features(images), z_prior), z_prior
 
 
 def test_evaluation_is_deterministic_and_its_value_is_the_mean_of_its_samples():

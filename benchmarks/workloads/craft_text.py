@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.workloads.base import Score, Workload, model_device, say, state_sha256, train
+from benchmarks.workloads.base import (
+    Score,
+    Workload,
+    batched_outputs,
+    model_device,
+    say,
+    state_sha256,
+    train,
+)
 from benchmarks.workloads.text_scenes import SceneRecipe, scenes
 
 NAME = "craft-text"
@@ -129,12 +137,7 @@ def as_input(images: list[np.ndarray]) -> torch.Tensor:
 
 def heat_maps(candidate: nn.Module, x: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
     """CRAFT's (N, H/2, W/2, 2) character and link maps, in float32 on the CPU."""
-    device, out = model_device(candidate), []
-    with torch.inference_mode():
-        for batch in x.split(EVAL_BATCH):
-            y = candidate(batch.to(device, input_dtype))
-            out.append((y[0] if isinstance(y, tuple | list) else y).float().cpu())
-    return torch.cat(out)
+    return batched_outputs(candidate, x, EVAL_BATCH, input_dtype)
 
 
 def word_boxes(maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,7 @@ from benchmarks.workloads import fashion_mnist, fmnist_cnn
 from benchmarks.workloads.base import (
     Score,
     Workload,
+    batched_outputs,
     cached_state_dict,
     model_device,
     state_sha256,
@@ -81,7 +82,8 @@ EVAL_BATCH = 500
 TIMING_BATCH = 32
 CALIBRATION_BATCHES, CALIBRATION_BATCH = 8, 64
 N_GENERATED = 10_000
-PICTURE_GRID = (8, 4)  # the report's picture: the first 32 prior latents' images, 8 per row
+# The report's picture: the images of the first 32 prior latents, 8 per row.
+PICTURE_IMAGES, PICTURE_PER_ROW = 32, 8
 NOISE_SEED = 1234  # the posterior samples and prior latents every model is scored on
 MIN_LOG_SCALE = -7.0  # PixelCNN++'s floor on a pixel's log-scale
 BIN = 1 / 255  # half a grey level on the [-1, 1] scale
@@ -169,11 +171,7 @@ def neg_elbo(decoder: nn.Module, mean: torch.Tensor, log_var: torch.Tensor,
 
 def decode(decoder: nn.Module, z: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
     """The decoder's (N, 2, 28, 28) outputs for latents z, in float32 on the CPU."""
-    device, out = model_device(decoder), []
-    with torch.inference_mode():
-        for batch in z.split(EVAL_BATCH):
-            out.append(decoder(batch.to(device, input_dtype)).float().cpu())
-    return torch.cat(out)
+    return batched_outputs(decoder, z, EVAL_BATCH, input_dtype)
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -207,14 +205,14 @@ def psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def evaluator(encoder: nn.Module, features: Callable[[torch.Tensor], torch.Tensor],
-              images: torch.Tensor, z_prior: torch.Tensor, seed: int = NOISE_SEED,
-              ) -> Callable[[nn.Module, torch.dtype], Score]:
+              images: torch.Tensor, real_features: torch.Tensor, z_prior: torch.Tensor,
+              seed: int = NOISE_SEED) -> Callable[[nn.Module, torch.dtype], Score]:
     """evaluate(decoder, input_dtype) -> the decoder's -ELBO on `images`, with extras.
 
     Everything that does not depend on the decoder is computed once here: the encoder's
-    posteriors, one seeded sample of each, their KL, and the real images' features.
-    `features` maps uint8 images (N, 28, 28) to (N, D); `z_prior` are the latents to generate
-    from for the Frechet distance.
+    posteriors, one seeded sample of each, and their KL. `features` maps uint8 images
+    (N, 28, 28) to (N, D), `real_features` are those of `images`; `z_prior` are the latents to
+    generate from for the Frechet distance.
     """
     with torch.no_grad():
         posteriors = [encoder(as_input(b)) for b in images.split(EVAL_BATCH)]
@@ -223,7 +221,6 @@ def evaluator(encoder: nn.Module, features: Callable[[torch.Tensor], torch.Tenso
     noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
     z_posterior = mean + torch.exp(0.5 * log_var) * noise
     kl = kl_to_prior(mean, log_var)
-    real_features = features(images)
 
     def evaluate(decoder: nn.Module, input_dtype: torch.dtype = torch.float32) -> Score:
         per_image = kl - log_likelihood(decode(decoder, z_posterior, input_dtype), images)
@@ -243,7 +240,7 @@ def location_images(params: torch.Tensor) -> torch.Tensor:
 
 
 def picture_grid(decoder: nn.Module, z: torch.Tensor, input_dtype: torch.dtype,
-                 per_row: int = PICTURE_GRID[0], zoom: int = 2) -> np.ndarray:
+                 per_row: int = PICTURE_PER_ROW, zoom: int = 2) -> np.ndarray:
     """The images a decoder generates from latents z, tiled per_row wide, as (H, W, 3) uint8."""
     images = location_images(decode(decoder, z, input_dtype))
     rows = images.reshape(-1, per_row, 28, 28).permute(0, 2, 1, 3).reshape(-1, per_row * 28)
@@ -283,11 +280,12 @@ def load() -> Workload:
     z_prior = torch.randn(N_GENERATED, RECIPE.latent,
                           generator=torch.Generator().manual_seed(NOISE_SEED + 1))
     features = classifier_features()
-    evaluate = evaluator(encoder, features, data.test_images, z_prior)
+    test_features = features(data.test_images)
+    evaluate = evaluator(encoder, features, data.test_images, test_features, z_prior)
     # What fd_fmnist_cnn is for real images: 10k training images against the test images.
     real_idx = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(3))
     fd_real = frechet_distance(features(data.train_images[real_idx[:N_GENERATED]]),
-                               features(data.test_images))
+                               test_features)
 
     def finetune(decoder: nn.Module) -> None:
         def decoder_loss(candidate: nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -323,5 +321,5 @@ def load() -> Workload:
                "fd_fmnist_cnn_real_train_vs_test": round(fd_real, 3)},
         timed_items=("generate", TIMING_BATCH, "img"),
         picture=lambda decoder, input_dtype: picture_grid(
-            decoder, z_prior[:PICTURE_GRID[0] * PICTURE_GRID[1]], input_dtype),
+            decoder, z_prior[:PICTURE_IMAGES], input_dtype),
     )

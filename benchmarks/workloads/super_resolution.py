@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.workloads.base import Score, Workload, model_device, state_sha256, train
+from benchmarks.workloads.base import (
+    Score,
+    Workload,
+    batched_outputs,
+    model_device,
+    state_sha256,
+    train,
+)
 
 SCALE, TILE = 4, 128
 SCORED = ("astronaut", "coffee", "chelsea", "rocket")
@@ -60,11 +67,7 @@ def downscale(high: torch.Tensor) -> torch.Tensor:
 def upscale(model: nn.Module, low: torch.Tensor,
             input_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The generator's outputs, clamped to [0, 1], in float32 on the CPU."""
-    device, out = model_device(model), []
-    with torch.inference_mode():
-        for batch in low.split(EVAL_BATCH):
-            out.append(model(batch.to(device, input_dtype)).float().cpu().clamp(0, 1))
-    return torch.cat(out)
+    return batched_outputs(model, low, EVAL_BATCH, input_dtype).clamp(0, 1)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
