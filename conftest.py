@@ -130,9 +130,13 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     run = config.stash.get(_RUN, None)
     if run is None or not run.records:
         return
-    from benchmarks.harness.report import text_table
+    from benchmarks.harness.report import findings, notices, text_table
 
     terminalreporter.section(f"compress-bench ({run.hardware_class}, tier {run.tier})")
+    for line in notices(run.run_info()):
+        terminalreporter.write_line(line, yellow=True, bold=True)
     terminalreporter.write_line(text_table(run.records, run.checks))
+    for line in findings(run.records):
+        terminalreporter.write_line(line)
     for line in config.stash.get(_LINES, []):
         terminalreporter.write_line(line)

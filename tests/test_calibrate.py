@@ -13,6 +13,8 @@ from benchmarks.harness.measure import Timing
 from benchmarks.harness.verdict import baseline_entry, bless, judge, reference_entry
 from tests.test_verdict import make_record
 
+REFS = {"w": {"reference": reference_entry("top1_pct", 91.0, True, "abc")}}
+
 RUN = {"hardware_class": "cpu-test", "cpu": "test", "torch": "x", "threads": 1,
        "git_sha": "abc", "tier": "pr"}
 
@@ -30,8 +32,7 @@ def noisy_record(*, seed: int, slowdown: float = 1.0, noise: float = 0.03, round
 def calibrated(tmp_path):
     """A baseline blessed from one run, then calibrated on three more runs of the same tree."""
     root = tmp_path / "baselines"
-    bless([noisy_record(seed=0)], {"w": reference_entry("top1_pct", 91.0, True, "abc")},
-          "cpu-test", root)
+    bless([noisy_record(seed=0)], REFS, "cpu-test", root)
     ledgers = []
     for seed in (1, 2, 3):
         path = tmp_path / f"run-{seed}.json"
@@ -66,8 +67,7 @@ def test_a_ten_percent_slowdown_is_caught_and_an_unchanged_cell_passes(calibrate
 def test_reblessing_keeps_the_calibration(calibrated):
     path, _ = calibrated
     before = json.loads(path.read_text())["cells"]["int8_static"]["calibration"]
-    bless([noisy_record(seed=5)], {"w": reference_entry("top1_pct", 91.0, True, "abc")},
-          "cpu-test", path.parents[1])
+    bless([noisy_record(seed=5)], REFS, "cpu-test", path.parents[1])
     after = json.loads(path.read_text())["cells"]["int8_static"]
     assert after["calibration"] == before
     assert after == baseline_entry(noisy_record(seed=5), before)
@@ -86,7 +86,7 @@ def test_calibration_refuses_too_few_runs_or_mixed_trees(tmp_path):
 
 def test_calibration_warns_when_accuracy_is_not_deterministic(tmp_path):
     root = tmp_path / "baselines"
-    bless([make_record()], {"w": reference_entry("top1_pct", 91.0, True, "abc")}, "cpu-test",
+    bless([make_record()], REFS, "cpu-test",
           root)
     paths = []
     for i, metric in enumerate([90.0, 90.0, 89.9]):

@@ -11,16 +11,18 @@ from benchmarks.harness.verdict import bless, reference_entry
 from tests.test_verdict import sampled_record
 
 RUN = {"hardware_class": "cpu-test", "cpu": "test", "torch": "x", "threads": 1,
-       "git_sha": "abc", "tier": "pr"}
+       "git_sha": "abc", "tier": "pr", "stack_lock": "lock-a"}
+WORKLOADS = {"w": {"reference": reference_entry("top1_pct", 90.0, True, "abc"),
+                   "evaluation": {"definition": "10,000 images", "samples": 10_000,
+                                  "fingerprint": "0123456789abcdef"}}}
 
 
 @pytest.fixture
 def ledger_and_baselines(tmp_path):
     record = sampled_record(lost=30)
-    bless([record], {"w": reference_entry("top1_pct", 90.0, True, "abc")}, "cpu-test",
-          tmp_path / "baselines")
+    bless([record], WORKLOADS, "cpu-test", tmp_path / "baselines")
     ledger = tmp_path / "ledger.json"
-    report.write_ledger(ledger, [record], {}, RUN)
+    report.write_ledger(ledger, [record], {}, RUN, WORKLOADS)
     return ledger, tmp_path / "baselines"
 
 
@@ -68,13 +70,31 @@ def test_a_ledger_against_an_older_ledger(ledger_and_baselines, tmp_path, capsys
     assert "w-fp16: not in" in capsys.readouterr().out
 
 
-def test_a_baseline_from_other_library_versions_is_reported_stale(ledger_and_baselines,
-                                                                  capsys):
+@pytest.mark.parametrize(("provenance", "why"), [
+    ({"stack_lock": "lock-0", "torch": "2.13.0"},
+     "blessed on stack.lock lock-0, this run's is lock-a (`git log -p stack.lock` shows what "
+     "moved) (torch 2.13.0 -> x)"),
+    ({"stack_lock": None}, "blessed before the stack was locked"),
+    ({"stack_drift": ["numpy 2.0 (locked 2.4.6)"]},
+     "blessed on a stack that differed from its lock: numpy 2.0 (locked 2.4.6)"),
+])
+def test_a_baseline_blessed_on_another_stack_is_reported_stale(ledger_and_baselines, capsys,
+                                                               provenance, why):
     ledger, baselines = ledger_and_baselines
     path = baselines / "cpu-test" / "w.json"
     data = json.loads(path.read_text())
-    data["provenance"]["torch"] = "2.13.0"
+    data["provenance"].update(provenance)
+    data["provenance"] = {k: v for k, v in data["provenance"].items() if v is not None}
     path.write_text(json.dumps(data))
     assert compare.main([str(ledger), "--baselines", str(baselines)]) == 0  # reported only
-    out = capsys.readouterr().out
-    assert f"baseline {path} is stale: written under torch 2.13.0 -> x" in out
+    assert f"baseline {path} is stale: {why}; re-bless" in capsys.readouterr().out
+
+
+def test_a_ledger_that_evaluated_something_else_fails(ledger_and_baselines, capsys):
+    ledger, baselines = ledger_and_baselines
+    data = json.loads(ledger.read_text())
+    data["workloads"]["w"]["evaluation"].update(samples=9_000, fingerprint="fedcba9876543210")
+    ledger.write_text(json.dumps(data))
+    assert compare.main([str(ledger), "--baselines", str(baselines)]) == 1
+    assert "w: this run evaluated 10,000 images (9000 samples, fingerprint fedcba9876543210)" \
+        in capsys.readouterr().out

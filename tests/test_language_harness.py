@@ -10,7 +10,7 @@ from torch import nn
 from benchmarks.harness.cell import measure_reference, run_cell
 from benchmarks.harness.compare import LedgerCell
 from benchmarks.harness.verdict import baseline_entry, judge
-from benchmarks.workloads.base import Probe, Score, Workload
+from benchmarks.workloads.base import Probe, Score, Workload, evaluation
 
 
 class TinyLM(nn.Module):
@@ -48,6 +48,7 @@ def lm_workload() -> Workload:
     return Workload(name="tiny-lm", metric="perplexity", higher_is_better=False, model=model,
                     evaluate=evaluate, calibration=[windows[:4, :-1]],
                     example_input=windows[:2, :-1], finetune=None, checkpoint_sha256="test",
+                    evaluation=evaluation("random windows", len(windows), windows),
                     timed_items=("prefill", 64, "tok"),
                     probes={"decode": Probe(greedy, 8, "tok")})
 

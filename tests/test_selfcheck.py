@@ -20,7 +20,7 @@ from benchmarks.harness.cell import measure_reference, run_cell
 from benchmarks.harness.measure import interleaved_latency
 from benchmarks.harness.selfcheck import output_problems, timing_problems
 from benchmarks.harness.verdict import baseline_entry, judge
-from benchmarks.workloads.base import Score, Workload
+from benchmarks.workloads.base import Score, Workload, evaluation
 
 
 def small_workload(evaluate=None) -> Workload:
@@ -35,7 +35,8 @@ def small_workload(evaluate=None) -> Workload:
 
     return Workload(name="small", metric="top1_pct", higher_is_better=True, model=model,
                     evaluate=evaluate or top1, calibration=[x[:128]], example_input=x[:64],
-                    finetune=lambda m: None, checkpoint_sha256="test")
+                    finetune=lambda m: None, checkpoint_sha256="test",
+                    evaluation=evaluation("random images", len(y), x, y))
 
 
 def cell_checks(workload: Workload, technique: str) -> list:

@@ -33,7 +33,7 @@ def make_record(technique="int8_static", *, comp_metric=90.0, comp_bytes=250,
         compressed_metric=comp_metric, reference_size=ref_size, compressed_size=comp_size,
         timing=Timing([speed[0]] * rounds, [speed[1]] * rounds, 1),
         reference_peak_memory_bytes=4000, compressed_peak_memory_bytes=2000,
-        provenance={"hardware_class": "cpu-test"},
+        provenance={"hardware_class": "cpu-test", "stack_lock": "lock-a"},
         why_simulated="masks" if execution == "simulated" else "",
     )
 
@@ -119,7 +119,7 @@ def test_zero_timing_rounds_is_an_error():
 
 
 def test_bless_keeps_cells_it_did_not_measure(tmp_path):
-    refs = {"w": reference_entry("top1_pct", 91.0, True, "abc")}
+    refs = {"w": {"reference": reference_entry("top1_pct", 91.0, True, "abc")}}
     bless([make_record("int8_static"), make_record("fp16")], refs, "cpu-test", tmp_path)
     lines = bless([make_record("int8_static", comp_metric=89.0)], refs, "cpu-test", tmp_path)
     data = json.loads((tmp_path / "cpu-test" / "w.json").read_text())
@@ -129,7 +129,7 @@ def test_bless_keeps_cells_it_did_not_measure(tmp_path):
 
 
 def test_baseline_falls_back_to_another_class_and_says_so(tmp_path):
-    refs = {"w": reference_entry("top1_pct", 91.0, True, "abc")}
+    refs = {"w": {"reference": reference_entry("top1_pct", 91.0, True, "abc")}}
     bless([make_record()], refs, "cpu-x86_64-avx2", tmp_path)
     found = load_baseline("w", "cpu-x86_64-avx512", tmp_path)
     assert found is not None and found.hardware_class == "cpu-x86_64-avx2"
@@ -144,7 +144,7 @@ def test_corrupt_baseline_is_a_clear_error(tmp_path):
 
 
 def test_reference_gate(tmp_path):
-    refs = {"w": reference_entry("top1_pct", 91.0, True, "abc")}
+    refs = {"w": {"reference": reference_entry("top1_pct", 91.0, True, "abc")}}
     bless([make_record()], refs, "cpu-test", tmp_path)
     baseline = load_baseline("w", "cpu-test", tmp_path)
     assert judge_reference("w", "top1_pct", 90.5, baseline).status == "pass"

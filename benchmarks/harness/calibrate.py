@@ -18,7 +18,13 @@ import sys
 from pathlib import Path
 
 from benchmarks.harness.compare import read_ledger
-from benchmarks.harness.verdict import BASELINES, SCHEMA, baseline_path, speedup_tolerance
+from benchmarks.harness.verdict import (
+    BASELINES,
+    BaselineError,
+    baseline_path,
+    read_baseline,
+    speedup_tolerance,
+)
 
 MIN_RUNS = 3
 
@@ -48,9 +54,10 @@ def calibrate(ledger_paths: list[Path], baselines: Path = BASELINES) -> list[str
             if not path.exists():
                 raise SystemExit(f"calibrate: no baseline {path}; bless one with "
                                  "`nox -s baselines` first")
-            files[workload] = json.loads(path.read_text())
-            if files[workload].get("schema") != SCHEMA:
-                raise SystemExit(f"calibrate: {path} has an old schema; re-bless first")
+            try:
+                files[workload] = read_baseline(path)
+            except BaselineError as err:
+                raise SystemExit(f"calibrate: {err}") from err
         stored = files[workload]["cells"].get(technique)
         if stored is None:
             lines.append(f"{cell}: no baseline, not calibrated")

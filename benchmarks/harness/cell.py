@@ -87,6 +87,7 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         family=technique.family,
         execution=compressed.execution,
         why_simulated=compressed.why_simulated,
+        floor=workload.floor.value if workload.floor else None,
         metric=workload.metric,
         higher_is_better=workload.higher_is_better,
         reference_metric=reference.score.value,

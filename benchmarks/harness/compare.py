@@ -15,15 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks.harness.stats import Interval
 from benchmarks.harness.verdict import (
     BASELINES,
+    BaselineError,
     Check,
     baseline_entry,
     judge,
+    judge_evaluation,
     load_baseline,
     stale_note,
 )
@@ -99,6 +101,9 @@ def compare(ledger_path: Path, baselines: Path = BASELINES) -> list[Check]:
             f"baseline is from {found.hardware_class}, the ledger from {hardware}")
         checks += judge(cell, found.cell(cell.technique) if found else None,
                         speed_gated=same_class, speed_note=note)
+        evaluation = ledger.get("workloads", {}).get(cell.workload, {}).get("evaluation")
+        changed = judge_evaluation(cell.workload, evaluation, found) if evaluation else None
+        checks += [replace(changed, cell=cell.cell)] if changed else []
     return checks
 
 
@@ -134,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     checks = []
     for ledger in args.ledgers:
-        checks += (compare_ledgers(ledger, args.against) if args.against
-                   else compare(ledger, args.baselines))
+        try:
+            checks += (compare_ledgers(ledger, args.against) if args.against
+                       else compare(ledger, args.baselines))
+        except BaselineError as err:
+            raise SystemExit(f"compare: {err}") from err
     for check in checks:
         if check.status != "pass":
             print(check.message)

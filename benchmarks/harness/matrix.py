@@ -26,9 +26,9 @@ def compressions(family: str):
 
 def check_reference(bench_run, workload: str) -> None:
     """The reference model scores what its baseline says (a broken reference taints all)."""
-    check = bench_run.judge_reference(workload)
-    if check.failed and not bench_run.update_baselines:
-        pytest.fail(check.message, pytrace=False)
+    failures = [c.message for c in bench_run.judge_reference(workload) if c.failed]
+    if failures and not bench_run.update_baselines:
+        pytest.fail("\n".join(failures), pytrace=False)
 
 
 def check_cell(bench_run, benchmark, workload: str, technique: str) -> None:

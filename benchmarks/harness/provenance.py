@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
+import re
 import subprocess
 from contextlib import suppress
 from functools import cache
@@ -66,8 +68,46 @@ def git_sha() -> str:
         return "unknown"
 
 
-# The libraries whose version changes what a cell measures; a baseline written under other
-# versions of them is stale (verdict.stale_note).
+# The exact versions of the whole stack (`nox -s lock`). A baseline records the digest of the
+# lock it was blessed on: one blessed on another lock is stale (verdict.stale_note).
+LOCK = Path(__file__).resolve().parents[2] / "stack.lock"
+
+
+def locked_versions(lock: Path = LOCK) -> dict[str, str]:
+    """name -> version of every `name==version` line of a lock (names PEP 503-normalized)."""
+    pins = {}
+    for line in lock.read_text().splitlines():
+        requirement = line.split("#", 1)[0].split(";", 1)[0].strip()
+        if "==" in requirement:
+            name, version = requirement.split("==", 1)
+            pins[_normalized(name.split("[", 1)[0])] = version.strip()
+    return pins
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower().strip()
+
+
+@cache
+def stack() -> dict:
+    """The lock this run's stack was built from (`stack_lock`, a digest of its pins), and
+    every locked package installed at another version (`stack_drift`, only when any is)."""
+    if not LOCK.exists():
+        return {"stack_lock": "none"}
+    pins = locked_versions(LOCK)
+    digest = hashlib.sha256("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())).encode())
+    drift = []
+    for name, version in sorted(pins.items()):
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = "not installed"
+        if installed.split("+", 1)[0] != version.split("+", 1)[0]:  # torch adds +cu130
+            drift.append(f"{name} {installed} (locked {version})")
+    return {"stack_lock": digest.hexdigest()[:12], **({"stack_drift": drift} if drift else {})}
+
+
+# The libraries whose version changes what a cell measures, recorded by name for the reader.
 LIBRARIES = ("torch", "torchvision", "torch-pruning", "transformers", "peft", "bitsandbytes",
              "torchao", "ultralytics")
 
@@ -88,6 +128,7 @@ def provenance(device: str, n_threads: int) -> dict:
         "git_sha": git_sha(),
         "python": platform.python_version(),
         **library_versions(),
+        **stack(),
         "cpu": cpu_model(),
         "cpu_isa": list(cpu_flags()),
         "threads": n_threads,

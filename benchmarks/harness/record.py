@@ -10,6 +10,18 @@ from benchmarks.harness.measure import Size, Timing
 from benchmarks.harness.stats import Interval, median_ratio, paired_drop
 from benchmarks.workloads.base import SUMMARY
 
+# A compressed model keeping less of its reference's distance from the task's floor than this
+# has collapsed (MobileNetV2 pruned 90 % scores chance, 10.00 % top-1, whatever the pruning).
+COLLAPSED_SHARE = 0.05
+
+
+def collapsed(reference: float, compressed: float, floor: float | None) -> bool:
+    """The compressed model kept less than COLLAPSED_SHARE of the reference's distance from
+    the task's floor (or fell past it): whatever the technique does, it scores the same."""
+    if floor is None or reference == floor:
+        return False
+    return (compressed - floor) / (reference - floor) < COLLAPSED_SHARE
+
 
 @dataclass
 class Record:
@@ -29,6 +41,8 @@ class Record:
     compressed_peak_memory_bytes: int
     provenance: dict
     why_simulated: str = ""
+    # The metric of a model that learned nothing (Workload.floor), if the task has one.
+    floor: float | None = None
     # The workload's probes (e.g. LLM decoding), timed the same way: gated as <name>_speedup.
     probe_timings: dict[str, Timing] = field(default_factory=dict)
     # Reported beside the metric, not gated: the Score's extras, throughputs.
@@ -96,6 +110,18 @@ class Record:
                    for name, t in self.probe_timings.items()}}
 
     @property
+    def collapsed(self) -> bool:
+        return collapsed(self.reference_metric, self.compressed_metric, self.floor)
+
+    @property
+    def slower(self) -> list[str]:
+        """The gated speedups of a real execution whose whole interval lies below 1.0: a
+        finding to report (slower than the reference), not a failure."""
+        if self.execution != "real":
+            return []
+        return [m for m, interval in self.speedup_intervals.items() if interval.high < 1.0]
+
+    @property
     def memory_ratio(self) -> float:
         """Reference peak inference memory / compressed: 2.0 = needs half the memory."""
         return self.reference_peak_memory_bytes / self.compressed_peak_memory_bytes
@@ -111,6 +137,12 @@ class Record:
         if metric == "speedup":
             return self.speedup_iqr
         return self.probe_timings[metric.removesuffix("_speedup")].speedup_iqr
+
+    def __getstate__(self) -> dict:
+        # Resamplers are often local lambdas (YOLO's mAP), which pickle cannot save: a sharded
+        # run's worker computes the cached intervals that need them, and sends those instead.
+        self.drop_interval, self.speedup_intervals  # noqa: B018 (fills the cached_properties)
+        return {**self.__dict__, "resamplers": {}}
 
     def to_json(self) -> dict:
         in_memory = ("per_sample", "resamplers", "pictures")
@@ -128,6 +160,7 @@ class Record:
                 compressed_median_ms=_median(timing.compressed_ms))
         out.update(self.gated())
         out.update(cell=self.cell, gzip_ratio=self.gzip_ratio, memory_ratio=self.memory_ratio,
+                   collapsed=self.collapsed, slower=self.slower,
                    **{f"{metric}_ci": [interval.low, interval.high]
                       for metric, interval in self.speedup_intervals.items()})
         if self.drop_interval is not None:

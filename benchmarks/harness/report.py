@@ -31,9 +31,12 @@ def _rows(records: list[Record], checks: dict[str, list[Check]]) -> list[list[st
             drop += f" [{r.drop_interval.low:+.2f}, {r.drop_interval.high:+.2f}]"
         if r.execution == "simulated":
             speed += " sim"
+        if "speedup" in r.slower:
+            speed += " slower"
         rows.append([
             r.workload, r.technique, r.execution,
-            f"{r.reference_metric:.2f} -> {r.compressed_metric:.2f}",
+            f"{r.reference_metric:.2f} -> {r.compressed_metric:.2f}"
+            + (" collapsed" if r.collapsed else ""),
             drop,
             f"{r.compressed_size.size_bytes / 1e6:.3f}",
             f"{r.size_ratio:.2f}x",
@@ -49,7 +52,8 @@ def _rows(records: list[Record], checks: dict[str, list[Check]]) -> list[list[st
 def more(r: Record) -> str:
     """Each probe's speedup, then the workload's extra numbers (throughputs, per-corpus
     metrics, similarity to the reference)."""
-    parts = [f"{name} {t.speedup:.2f}x" for name, t in r.probe_timings.items()]
+    parts = [f"{name} {t.speedup:.2f}x" + (" slower" if f"{name}_speedup" in r.slower else "")
+             for name, t in r.probe_timings.items()]
     parts += [f"{key} {_number(value)}" for key, value in r.extras.items()]
     return "; ".join(parts)
 
@@ -57,6 +61,39 @@ def more(r: Record) -> str:
 def _number(value: float) -> str:
     """Counts (bytes) in full, other numbers to 4 significant digits."""
     return f"{int(value)}" if float(value).is_integer() and abs(value) >= 1e4 else f"{value:.4g}"
+
+
+def notices(run: dict) -> list[str]:
+    """What a reader must know before the table: speedups this run could not gate, and a stack
+    that is not the locked one."""
+    lines = []
+    ungated: dict[str, list[str]] = {}
+    for workload, why in run.get("speedups_not_gated", {}).items():
+        ungated.setdefault(why, []).append(workload)
+    for why, workloads in ungated.items():
+        lines.append(f"Speedups reported, NOT GATED for {', '.join(workloads)}: {why}. Bless "
+                     f"this class ({run['hardware_class']}) to gate them: README, \"Updating "
+                     "baselines\".")
+    if run.get("stack_drift"):
+        lines.append("This run's stack is not stack.lock's (" + ", ".join(run["stack_drift"])
+                     + "): numbers may differ from the baselines for that reason alone; "
+                     "`nox -s bench` builds the locked stack.")
+    return lines
+
+
+def findings(records: list[Record]) -> list[str]:
+    """Cells to read twice: real kernels measured slower than the reference, and compressed
+    models collapsed to the task's floor (their metric no longer moves with the technique)."""
+    lines = []
+    for r in records:
+        for metric in r.slower:
+            interval = r.speedup_intervals[metric]
+            lines.append(f"{r.cell}: slower than the reference: real execution, {metric} "
+                         f"{interval.estimate:.2f}x [{interval.low:.2f}, {interval.high:.2f}]")
+        if r.collapsed:
+            lines.append(f"{r.cell}: collapsed: {r.metric} {r.compressed_metric:.4g} is at the "
+                         f"task's floor {r.floor:.4g} (reference {r.reference_metric:.4g})")
+    return lines
 
 
 HEADER = ["workload", "technique", "exec", "metric ref -> comp", "drop [95% CI]", "size MB",
@@ -78,10 +115,13 @@ def markdown_table(records: list[Record], checks: dict[str, list[Check]]) -> str
 
 
 def write_ledger(path: Path, records: list[Record], checks: dict[str, list[Check]],
-                 run: dict) -> None:
+                 run: dict, workloads: dict[str, dict] | None = None) -> None:
+    """`workloads`: what a baseline stores of each workload besides its cells (the reference's
+    entry, the evaluation), so that a ledger can be blessed (benchmarks.harness.bless)."""
     ledger = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": run,
+        "workloads": workloads or {},
         "cells": [
             {**r.to_json(), "verdict": cell_verdict(checks.get(r.cell, [])),
              "checks": [{"metric": c.metric, "status": c.status, "message": c.message}
@@ -186,15 +226,18 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
         f"{run['threads']} timing thread(s), commit `{run['git_sha']}`, tier `{run['tier']}`.",
         "",
         "`drop` is the task metric lost (pp for top-1, points for perplexity), with its 95 % "
-        "interval from a paired bootstrap over the test samples; `size ratio` is reference "
+        "interval from a paired bootstrap over the test samples (`collapsed`: at the task's "
+        "floor, such as chance); `size ratio` is reference "
         "bytes over compressed bytes "
         "of the saved state_dict (gzip ratio: the same, gzip-compressed); `speedup` is the "
         "median ratio of reference to compressed latency over interleaved rounds, with its "
         "bootstrap 95 % interval. `sim` marks simulated execution (masks or casts with no fast "
-        "kernel here): its speedup is reported, never claimed. `below detectable`: beyond the "
+        "kernel here): its speedup is reported, never claimed; `slower`: real kernels whose "
+        "whole interval is below 1x. `below detectable`: beyond the "
         "tolerance, but the interval still holds the baseline. `more`: each probe's speedup "
         "(gated, e.g. LLM decoding), throughputs and the workload's other numbers.",
         "",
+        *[f"**{line}**\n" for line in notices(run)],
         markdown_table(records, checks),
         "",
     ]
@@ -206,6 +249,10 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
         lines += ["## Below detectable (not failed)", "", *[f"- {m}" for m in unresolved], ""]
     if stale:
         lines += ["## Stale baselines", "", *[f"- {m}" for m in stale], ""]
+    found = findings(records)
+    if found:
+        lines += ["## Slower than the reference, or collapsed", "",
+                  *[f"- {m}" for m in found], ""]
     if skipped:
         lines += ["## Skipped (cannot run here)", "", *[f"- {m}" for m in skipped], ""]
     by_workload: dict[str, list[Record]] = {}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import compress
@@ -13,16 +14,21 @@ from benchmarks.harness.cell import Reference, measure_reference, run_cell
 from benchmarks.harness.provenance import hardware_class, provenance
 from benchmarks.harness.record import Record
 from benchmarks.harness.verdict import (
+    BaselineError,
     BaselineFile,
     Check,
     bless,
     judge,
+    judge_evaluation,
     judge_reference,
     load_baseline,
     reference_entry,
     stale_note,
 )
 from benchmarks.workloads import WORKLOADS, Workload
+
+# What a worker's shard starts with when its part could not be pickled, followed by why.
+SHARD_NOT_SAVED = b"compress-bench: this pytest-xdist worker could not save its records: "
 
 
 @dataclass
@@ -37,8 +43,9 @@ class BenchRun:
     references: dict[str, Reference] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)
     checks: dict[str, list[Check]] = field(default_factory=dict)
-    # What a bless writes for each workload's reference model (reference_entry).
-    reference_entries: dict[str, dict] = field(default_factory=dict)
+    # What a baseline file stores of each workload besides its cells: "reference"
+    # (reference_entry), "evaluation" (what was evaluated), "skipped" (cells that cannot run).
+    workload_entries: dict[str, dict] = field(default_factory=dict)
 
     @property
     def hardware_class(self) -> str:
@@ -49,9 +56,11 @@ class BenchRun:
         if name not in self.workloads:
             workload = self.workloads[name] = WORKLOADS[name].load()
             reference = self.references[name] = measure_reference(workload, self.device)
-            self.reference_entries[name] = reference_entry(
-                workload.metric, reference.score.value, workload.higher_is_better,
-                workload.checkpoint_sha256)
+            self.workload_entries[name] = {
+                "reference": reference_entry(workload.metric, reference.score.value,
+                                             workload.higher_is_better,
+                                             workload.checkpoint_sha256, workload.floor),
+                "evaluation": asdict(workload.evaluation)}
         return self.workloads[name], self.references[name]
 
     def baseline(self, workload: str) -> tuple[BaselineFile | None, bool, str]:
@@ -70,6 +79,8 @@ class BenchRun:
             record, compressed = run_cell(workload, reference, technique, device=self.device,
                                           n_threads=self.threads)
         except compress.Unsupported as why:
+            entry = self.workload_entries.setdefault(workload_name, {})
+            entry.setdefault("skipped", {})[technique] = str(why)
             cell = f"{workload_name}-{technique}"
             self.checks[cell] = [Check(cell, "all", "skipped", math.nan, f"{cell}: {why}")]
             raise
@@ -81,39 +92,72 @@ class BenchRun:
             checks = [Check(record.cell, "all", "blessed", math.nan, f"{record.cell}: blessed")]
             self.checks[record.cell] = checks
             return checks
-        found, speed_gated, note = self.baseline(record.workload)
+        try:
+            found, speed_gated, note = self.baseline(record.workload)
+        except BaselineError as err:
+            return self._baseline_unusable(record.cell, err)
         cell = found.cell(record.technique) if found else None
         checks = judge(record, cell, speed_gated=speed_gated, speed_note=note)
+        evaluation = judge_evaluation(record.workload, self.evaluation(record.workload), found)
+        if evaluation is not None:
+            checks.append(dataclasses.replace(evaluation, cell=record.cell))
         self.checks[record.cell] = checks
         return checks
 
-    def judge_reference(self, workload_name: str) -> Check:
+    def judge_reference(self, workload_name: str) -> list[Check]:
+        """The reference model still scores what its baseline says, on what it was blessed on."""
         workload, reference = self.workload(workload_name)
-        found, _, _ = self.baseline(workload_name)
+        try:
+            found, _, _ = self.baseline(workload_name)
+        except BaselineError as err:
+            return self._baseline_unusable(f"{workload_name}-reference", err)
         check = judge_reference(workload_name, workload.metric, reference.score.value, found,
                                 workload.checkpoint_sha256)
-        self.checks[check.cell] = [check]
+        evaluation = judge_evaluation(workload_name, self.evaluation(workload_name), found)
+        checks = [check] + ([dataclasses.replace(evaluation, cell=check.cell)]
+                            if evaluation else [])
+        self.checks[check.cell] = checks
         stale = stale_note(found, self.run_info()) if found else None
         if stale:
             self.checks[stale.cell] = [stale]
-        return check
+        return checks
+
+    def _baseline_unusable(self, cell: str, err: BaselineError) -> list[Check]:
+        """A malformed baseline file fails the cell with what to fix: never a pass, never a
+        traceback."""
+        checks = [Check(cell, "baseline", "fail", math.nan, f"{cell}: {err}")]
+        self.checks[cell] = checks
+        return checks
+
+    def evaluation(self, workload: str) -> dict:
+        return self.workload_entries[workload]["evaluation"]
 
     def run_info(self) -> dict:
+        """The run's provenance, and which measured workloads' speedups it could not gate."""
+        ungated = {}
+        for workload in dict.fromkeys(r.workload for r in self.records):
+            try:
+                found, gated, why = self.baseline(workload)
+            except BaselineError as err:  # its cells failed with this message already
+                found, gated, why = None, False, str(err)
+            if found is None or not gated:
+                ungated[workload] = why or f"no baseline of {self.hardware_class}"
         return {**provenance(self.device, self.threads), "tier": self.tier,
-                "device": self.device}
+                "device": self.device, "speedups_not_gated": ungated}
 
     def finish(self) -> list[str]:
         """Write the reports (and, when asked, the baselines); return lines to print."""
         if not self.records:
             return []
-        lines = [checks[0].message for cell, checks in self.checks.items()
-                 if cell.endswith(("-reference", "-baseline")) or checks[0].status == "skipped"]
+        lines = [check.message for cell, checks in self.checks.items() for check in checks
+                 if cell.endswith(("-reference", "-baseline")) or check.status == "skipped"]
         if self.update_baselines:
-            lines += bless(self.records, self.reference_entries, self.hardware_class,
+            lines += bless(self.records, self.workload_entries, self.hardware_class,
                            self.baselines_root)
         self.report_dir.mkdir(parents=True, exist_ok=True)
         run = self.run_info()
-        report.write_ledger(self.report_dir / "ledger.json", self.records, self.checks, run)
+        report.write_ledger(self.report_dir / "ledger.json", self.records, self.checks, run,
+                            self.workload_entries)
         md = report.write_markdown(self.report_dir, self.records, self.checks, run)
         lines += [f"ledger: {self.report_dir / 'ledger.json'}", f"report: {md}"]
         return lines
@@ -121,17 +165,41 @@ class BenchRun:
     # --- sharding: each pytest-xdist worker saves its part, the controller reports the whole
 
     def save_shard(self, path: Path) -> None:
+        """Write this worker's part atomically, so the controller never reads a half-written
+        one. A part that cannot be pickled is written as a note of why, and the controller
+        fails on it: xdist hides a worker's error here, and a missing shard would go unseen."""
+        failure = None
+        try:
+            data = pickle.dumps((self.records, self.checks, self.workload_entries))
+        except Exception as err:
+            failure, data = err, SHARD_NOT_SAVED + f"{type(err).__name__}: {err}".encode()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as f:
-            pickle.dump((self.records, self.checks, self.reference_entries), f)
+        tmp = path.with_name(f".{path.name}.tmp")  # not a gw*.pkl the controller would read
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        if failure is not None:
+            raise failure
 
     def add_shards(self, paths: list[Path]) -> None:
         for path in paths:
-            with path.open("rb") as f:
-                records, checks, references = pickle.load(f)
+            data = path.read_bytes()
+            if data.startswith(SHARD_NOT_SAVED):
+                raise RuntimeError(f"{path}: {data.decode(errors='replace')}. Fix that (a "
+                                   "record must pickle) and rerun; without -n the run reports "
+                                   "without sharding.")
+            try:
+                records, checks, references = pickle.loads(data)
+            except Exception as err:  # EOFError, UnpicklingError, a class that moved...
+                raise RuntimeError(
+                    f"{path}: cannot read this pytest-xdist worker's shard ({type(err).__name__}:"
+                    f" {err}): rerun the benchmark (each -n run starts from an empty shard "
+                    f"folder), or run it without -n to report without sharding.") from err
             self.records += records
             self.checks.update(checks)
-            self.reference_entries.update(references)
+            for name, entry in references.items():  # a workload's cells may span workers
+                mine = self.workload_entries.setdefault(name, {})
+                skipped = {**mine.get("skipped", {}), **entry.get("skipped", {})}
+                mine.update(entry, **({"skipped": skipped} if skipped else {}))
         order = {(name, t): i for i, (name, t) in
                  enumerate((n, t) for n, module in WORKLOADS.items() for t in module.CELLS)}
         self.records.sort(key=lambda r: order.get((r.workload, r.technique), len(order)))

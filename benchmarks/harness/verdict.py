@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.harness.provenance import LIBRARIES
 from benchmarks.harness.record import Record
 from benchmarks.harness.stats import Interval
+
+if TYPE_CHECKING:
+    from benchmarks.workloads.base import Floor
 
 BASELINES = Path(__file__).resolve().parents[2] / "baselines"
 SCHEMA = 1
@@ -221,33 +226,132 @@ def load_baseline(workload: str, hardware_class: str, root: Path = BASELINES
     exact = baseline_path(hardware_class, workload, root)
     others = sorted(p for p in root.glob(f"*/{workload}.json") if p != exact)
     for path in [exact, *others] if exact.exists() else others:
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"baseline {path} is not valid JSON ({err}); fix or restore it "
-                             "from git") from err
-        if data.get("schema") != SCHEMA:
-            raise ValueError(f"baseline {path} has schema {data.get('schema')}, expected "
-                             f"{SCHEMA}; re-bless with `nox -s baselines`")
-        return BaselineFile(path, path.parent.name, data)
+        return BaselineFile(path, path.parent.name, read_baseline(path))
     return None
 
 
-def bless(records: list[Record], reference: dict, hardware_class: str,
+class BaselineError(ValueError):
+    """A baseline file that cannot be judged against. Raised when it is read, never left for
+    the verdict: a NaN gate compares false, so its cell could never regress."""
+
+
+GATED_METRICS = ("accuracy_drop", "size_ratio", "speedup")  # and each probe's `<probe>_speedup`
+GATE_FIELDS = ("value", "tolerance", "higher_is_better")
+
+
+def read_baseline(path: Path) -> dict:
+    """A baseline file's contents, checked: every gate finite, every tolerance finite and not
+    negative, every direction a bool, every gate name known, `workload` the file's name.
+    Keys the harness does not read (at the top level, in the reference entry) are allowed."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise _baseline_error(path, "the file", f"is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise _baseline_error(path, "the file", "is not a JSON object")
+    problem = _baseline_problem(data, path.stem)
+    if problem:
+        raise _baseline_error(path, *problem)
+    return data
+
+
+def _baseline_error(path: Path, field: str, problem: str) -> BaselineError:
+    return BaselineError(f"baseline {path}: {field} {problem}. Fix it, restore it from git "
+                         f"(`git checkout -- {path}`), or re-bless it (`nox -s baselines`)")
+
+
+def _baseline_problem(data: dict, workload: str) -> tuple[str, str] | None:
+    """(the JSON path of the first bad field, what is wrong with it), or None."""
+    if data.get("schema") != SCHEMA:
+        return "schema", f"is {json.dumps(data.get('schema'))}, expected {SCHEMA}"
+    if data.get("workload") != workload:
+        return "workload", f"is {json.dumps(data.get('workload'))}, but the file is {workload}'s"
+    problem = _gate_problem(data.get("reference"), "reference", other_keys=True)
+    if problem:
+        return problem
+    cells = data.get("cells")
+    if not isinstance(cells, dict):
+        return "cells", "is not an object of techniques"
+    for technique, entry in cells.items():
+        if not isinstance(entry, dict):
+            return f"cells.{technique}", "is not an object of gates"
+        for name, gate in entry.items():
+            where = f"cells.{technique}.{name}"
+            if name == "calibration":
+                rel_sd = gate.get("rel_sd") if isinstance(gate, dict) else None
+                if not _finite(rel_sd) or rel_sd < 0:
+                    return f"{where}.rel_sd", f"is {json.dumps(rel_sd)}, not a finite number >= 0"
+            elif name not in GATED_METRICS and not re.fullmatch(r"\w+_speedup", name):
+                return where, (f"is no gated metric (those are {', '.join(GATED_METRICS)} and "
+                               "<probe>_speedup)")
+            else:
+                problem = _gate_problem(gate, where)
+                if problem:
+                    return problem
+    return None
+
+
+def _gate_problem(gate, where: str, *, other_keys: bool = False) -> tuple[str, str] | None:
+    if not isinstance(gate, dict):
+        return where, f"is not an object of {', '.join(GATE_FIELDS)}"
+    for key in GATE_FIELDS:
+        if key not in gate:
+            return f"{where}.{key}", "is missing"
+    unknown = sorted(set(gate) - set(GATE_FIELDS))
+    if unknown and not other_keys:  # Gate(**entry) would not take it
+        return f"{where}.{unknown[0]}", f"is no field of a gate ({', '.join(GATE_FIELDS)})"
+    value, tolerance, higher = (gate[key] for key in GATE_FIELDS)
+    if not _finite(value):
+        return f"{where}.value", f"is {json.dumps(value)}, not a finite number"
+    if not _finite(tolerance) or tolerance < 0:
+        return f"{where}.tolerance", f"is {json.dumps(tolerance)}, not a finite number >= 0"
+    if not isinstance(higher, bool):
+        return f"{where}.higher_is_better", f"is {json.dumps(higher)}, not true or false"
+    return None
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def bless(records: list[Record], workloads: dict[str, dict], hardware_class: str,
           root: Path = BASELINES) -> list[str]:
     """Write `records` into their workloads' baseline files and say what changed.
 
-    Cells not in `records` are kept as they are, so blessing one cell never drops another.
+    `workloads[name]` holds what a baseline file stores about its workload besides the cells:
+    "reference" (reference_entry), "evaluation" (what was evaluated) and "skipped" (cells
+    that cannot run on this class, with the reason). Cells not in `records` are kept as they
+    are, so blessing one cell never drops another; unless the evaluation changed, when the
+    cells measured on the old one are dropped (and listed). A measurement that failed a
+    self-check or is not a number is refused (and listed), never blessed.
     """
     lines = []
     by_workload: dict[str, list[Record]] = {}
     for record in records:
-        by_workload.setdefault(record.workload, []).append(record)
+        problem = _unsound(record)
+        if problem:
+            lines.append(f"refused {record.cell}: {problem}")
+        else:
+            by_workload.setdefault(record.workload, []).append(record)
     for workload, recs in sorted(by_workload.items()):
         path = baseline_path(hardware_class, workload, root)
         old = json.loads(path.read_text()) if path.exists() else {}
         cells = dict(old.get("cells", {}))
+        evaluation = workloads[workload].get("evaluation")
+        if old.get("evaluation") not in (None, evaluation):
+            dropped = sorted(set(cells) - {r.technique for r in recs})
+            cells = {t: c for t, c in cells.items() if t not in dropped}
+            if dropped:
+                lines.append(f"{path}: the evaluation changed, so cells blessed on the old one "
+                             f"were dropped: {', '.join(dropped)} (bless them again)")
+        skipped = {**old.get("skipped", {}), **workloads[workload].get("skipped", {})}
+        for technique in set(skipped) & set(cells):
+            if technique in workloads[workload].get("skipped", {}):
+                lines.append(f"{workload}-{technique}: cannot run here any more, its baseline "
+                             f"was dropped ({skipped[technique]})")
+                del cells[technique]
         for record in recs:
+            skipped.pop(record.technique, None)
             before = cells.get(record.technique)
             # The calibrated between-run spread is relative, so it outlives a new value.
             new = baseline_entry(record, (before or {}).get("calibration"))
@@ -258,14 +362,25 @@ def bless(records: list[Record], reference: dict, hardware_class: str,
             "schema": SCHEMA,
             "workload": workload,
             "hardware_class": hardware_class,
-            "reference": reference[workload],
+            "reference": workloads[workload]["reference"],
+            **({"evaluation": evaluation} if evaluation else {}),
             "provenance": recs[0].provenance,
             "cells": dict(sorted(cells.items())),
+            **({"skipped": dict(sorted(skipped.items()))} if skipped else {}),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2) + "\n")
         lines.append(f"wrote {path} ({len(recs)} cells measured, {len(cells)} in file)")
     return lines
+
+
+def _unsound(record: Record) -> str:
+    """Why a measurement must not become a baseline, or ''."""
+    problems = list(getattr(record, "self_check_problems", None) or ())
+    if problems:
+        return "benchmark self-check failed: " + "; ".join(problems)
+    bad = [m for m, value in record.gated().items() if not math.isfinite(value)]
+    return f"{', '.join(bad)} not a number" if bad else ""
 
 
 def _describe_change(cell: str, before: dict | None, after: dict) -> str:
@@ -278,17 +393,52 @@ def _describe_change(cell: str, before: dict | None, after: dict) -> str:
 
 
 def stale_note(baseline: BaselineFile, run: dict) -> Check | None:
-    """A baseline written under other library versions than this run's is stale: its numbers
-    may have moved for reasons that are not in this tree. Reported, not failed."""
+    """A baseline blessed on another stack than this run's (another stack.lock, or a stack that
+    had drifted from its lock) is stale: its numbers may have moved for reasons that are not in
+    this tree. Reported, not failed: re-bless once the new numbers are reviewed."""
     written = baseline.data.get("provenance", {})
     changed = [f"{name} {written[name]} -> {run[name]}" for name in LIBRARIES
                if name in written and name in run and written[name] != run[name]]
-    if not changed:
+    reasons = []
+    lock = written.get("stack_lock")
+    if lock is None:
+        reasons.append("blessed before the stack was locked")
+    elif lock != run.get("stack_lock"):
+        reasons.append(f"blessed on stack.lock {lock}, this run's is {run.get('stack_lock')} "
+                       "(`git log -p stack.lock` shows what moved)")
+    if written.get("stack_drift"):
+        reasons.append("blessed on a stack that differed from its lock: "
+                       + ", ".join(written["stack_drift"]))
+    if "evaluation" not in baseline.data:
+        reasons.append("it does not record what was evaluated")
+    if not reasons:
         return None
     workload = baseline.data.get("workload", baseline.path.stem)
+    detail = f" ({', '.join(changed)})" if changed else ""
     return Check(f"{workload}-baseline", "provenance", "stale", math.nan,
-                 f"baseline {baseline.path} is stale: written under {', '.join(changed)}; "
-                 "re-bless with `nox -s baselines` once the new numbers are reviewed")
+                 f"baseline {baseline.path} is stale: {'; '.join(reasons)}{detail}; re-bless "
+                 "with `nox -s baselines` once the new numbers are reviewed")
+
+
+def judge_evaluation(workload: str, evaluation: dict, baseline: BaselineFile | None
+                     ) -> Check | None:
+    """The run must have evaluated what the baseline was blessed on (samples, their count, the
+    split or windows): otherwise every number of the workload is compared with another task's."""
+    blessed = baseline.data.get("evaluation") if baseline else None
+    pinned = ("samples", "fingerprint")  # the definition is words for the reader
+    if blessed is None or all(blessed.get(k) == evaluation.get(k) for k in pinned):
+        return None  # (a baseline that pins no evaluation is reported stale instead)
+    return Check(f"{workload}-evaluation", "evaluation", "fail", math.nan,
+                 f"{workload}: this run evaluated {_evaluated(evaluation)}, but baseline "
+                 f"{baseline.path} was blessed on {_evaluated(blessed)}. Its numbers do not "
+                 "apply to this evaluation: if the change is intended, re-bless the workload "
+                 f"(`nox -s baselines -- -k {workload}`) and review the diff; if not, restore "
+                 "the evaluated data")
+
+
+def _evaluated(evaluation: dict) -> str:
+    return (f"{evaluation.get('definition')} ({evaluation.get('samples')} samples, fingerprint "
+            f"{evaluation.get('fingerprint')})")
 
 
 REFERENCE_TOLERANCE = 1.0  # task-metric units: a retrained reference may move this much
@@ -321,6 +471,10 @@ def judge_reference(workload: str, metric: str, measured: float,
     return Check(cell, metric, status, measured, detail, gate)
 
 
-def reference_entry(metric: str, value: float, higher_is_better: bool, checkpoint: str) -> dict:
-    return {"metric": metric, "value": round(value, 4), "tolerance": REFERENCE_TOLERANCE,
-            "higher_is_better": higher_is_better, "checkpoint_sha256": checkpoint}
+def reference_entry(metric: str, value: float, higher_is_better: bool, checkpoint: str,
+                    floor: Floor | None = None) -> dict:
+    entry = {"metric": metric, "value": round(value, 4), "tolerance": REFERENCE_TOLERANCE,
+             "higher_is_better": higher_is_better, "checkpoint_sha256": checkpoint}
+    if floor is not None:
+        entry.update(floor=round(floor.value, 4), floor_is=floor.what)
+    return entry

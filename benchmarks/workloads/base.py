@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
@@ -59,6 +60,60 @@ class Probe:
     unit: str  # of those items, e.g. "tok"
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What a workload scores every model on, pinned in its baselines: numbers blessed on other
+    samples, labels or windows mean nothing here, however close they come."""
+
+    definition: str  # in words: the split, the windows, how many of what
+    samples: int  # paired samples of the metric (images, windows, articles, tiles)
+    fingerprint: str  # of the evaluated inputs and labels, as they are before preprocessing
+
+
+def evaluation(definition: str, samples: int, *data) -> Evaluation:
+    """An Evaluation whose fingerprint hashes `data`: tensors, arrays (dtype, shape and bytes),
+    strings, numbers, or lists of them. Hash integer data (uint8 images, token ids, labels),
+    which every machine reads alike, not float preprocessing of it."""
+    digest = hashlib.sha256()
+    for item in data:
+        _digest(digest, item)
+    return Evaluation(definition, samples, digest.hexdigest()[:16])
+
+
+def _digest(digest, item) -> None:
+    if isinstance(item, list | tuple):
+        digest.update(f"[{len(item)}".encode())
+        for part in item:
+            _digest(digest, part)
+        return
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().contiguous().numpy()
+    if isinstance(item, np.ndarray):
+        item = np.ascontiguousarray(item)
+        digest.update(f"{item.dtype.str}{item.shape}".encode())
+        digest.update(item.tobytes())
+        return
+    if not isinstance(item, str | int | float | bytes):
+        raise TypeError(f"cannot fingerprint a {type(item).__name__}")
+    digest.update(item if isinstance(item, bytes) else repr(item).encode())
+
+
+@dataclass(frozen=True)
+class Floor:
+    """What the metric is for a model that has learned nothing of the task (chance top-1, a
+    plain upsampler's PSNR, a unigram model's perplexity): a compressed model at its floor has
+    collapsed, and its cell no longer shows what the technique does."""
+
+    value: float
+    what: str
+
+
+def chance_top1(labels: torch.Tensor) -> Floor:
+    """Top-1 in % of always answering the most common of `labels`."""
+    return Floor(100 * torch.bincount(labels).max().item() / len(labels),
+                 "chance: always the most common label")
+
+
 @dataclass
 class Workload:
     """A reference model, its data and metric, and what a technique may need from it."""
@@ -72,6 +127,8 @@ class Workload:
     example_input: torch.Tensor  # the batch that is timed (images, or token ids)
     finetune: Callable[[nn.Module], None] | None
     checkpoint_sha256: str
+    evaluation: Evaluation
+    floor: Floor | None = None
     # About the reference and its data (source, recipe, context numbers): in every record of
     # the workload and under its heading in the report.
     notes: dict = field(default_factory=dict)
@@ -140,12 +197,74 @@ def cached_state_dict(name: str, recipe, build: Callable[[], nn.Module]) -> tupl
     # others wait for its checkpoint.
     with path.with_suffix(".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
+        state = _load_verified(name, path)
+        if state is None:
             if platform.machine().lower() in ("x86_64", "amd64"):
                 _train_in_capped_child(name, path)
             else:
                 _train_and_save(name, recipe, build, path)
-        return torch.load(path, map_location="cpu", weights_only=True), path
+            state = _load_verified(name, path)
+            if state is None:
+                raise RuntimeError(f"[{name}] the reference model just trained into {path} "
+                                   "fails its own check (above): is the disk full or failing?")
+        return state, path
+
+
+def _sidecar(path: Path) -> Path:
+    """Where a checkpoint's sha256 is recorded when it is written (`sha256sum -c` reads it)."""
+    return path.with_name(f"{path.name}.sha256")
+
+
+def _load_verified(name: str, path: Path) -> dict | None:
+    """The cached checkpoint, if its bytes are those recorded when it was written and it loads.
+
+    None when there is none, or when it is corrupt (a disk error, a copy cut short, an edit):
+    then it is moved aside to `<file>.corrupt`, never deleted, and stderr says why. A checkpoint
+    cached before the sidecars existed is trusted if it loads, and gets its sidecar.
+    """
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    sidecar = _sidecar(path)
+    recorded = sidecar.read_text().split()[:1] if sidecar.exists() else None
+    if recorded is not None and recorded != [digest]:
+        was = f"{recorded[0][:16]}..." if recorded else "nothing"
+        problem = (f"its sha256 is {digest[:16]}..., but {sidecar.name} recorded {was} when it "
+                   "was written")
+    else:
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as err:  # a truncated zip, a bad pickle...: torch names no file
+            first = (str(err).splitlines() or [""])[0].split(". ")[0]  # torch's advice follows
+            problem = f"torch.load fails: {type(err).__name__}: {first}"
+        else:
+            if recorded is None:
+                _record_sha256(path, digest)
+            return state
+    corrupt = path.with_name(f"{path.name}.corrupt")
+    for n in range(2, 1000):  # keep every earlier corrupt copy
+        if not corrupt.exists():
+            break
+        corrupt = path.with_name(f"{path.name}.corrupt{n}")
+    for src, dst in ((path, corrupt), (sidecar, _sidecar(corrupt))):
+        try:
+            if src.exists():
+                src.replace(dst)
+        except OSError as err:
+            raise RuntimeError(f"[{name}] the cached reference model {path} is corrupt "
+                               f"({problem}), and {src} cannot be moved aside ({err}): remove "
+                               f"{src} and run again") from err
+    print(f"[{name}] the cached reference model {path} is corrupt ({problem}): moved it to "
+          f"{corrupt.name} and retraining", file=sys.stderr, flush=True)
+    return None
+
+
+def _record_sha256(path: Path, digest: str) -> None:
+    sidecar = _sidecar(path)
+    tmp = sidecar.with_name(f"{sidecar.name}.tmp")
+    tmp.write_text(f"{digest}  {path.name}\n")
+    tmp.replace(sidecar)  # atomic, like the checkpoint's
 
 
 def _train_and_save(name: str, recipe, build: Callable[[], nn.Module], path: Path) -> None:
@@ -154,7 +273,10 @@ def _train_and_save(name: str, recipe, build: Callable[[], nn.Module], path: Pat
     state = build().state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    _sidecar(path).unlink(missing_ok=True)  # a stale one would condemn the new checkpoint
     tmp.replace(path)  # atomic: an interrupted run never leaves a half-written checkpoint
+    _record_sha256(path, digest)  # after it: a checkpoint without one is checked by loading
 
 
 def _train_in_capped_child(name: str, path: Path) -> None:

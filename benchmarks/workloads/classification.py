@@ -14,6 +14,8 @@ from benchmarks.workloads.base import (
     Score,
     Workload,
     cached_state_dict,
+    chance_top1,
+    evaluation,
     model_device,
     state_sha256,
     train,
@@ -98,7 +100,11 @@ def image_classifier(
         example_input=prepare(data.test_images[:TIMING_BATCH]),
         finetune=finetune,
         checkpoint_sha256=state_sha256(state),
+        evaluation=evaluation("Fashion-MNIST t10k: all 10,000 test images and labels",
+                              len(data.test_labels), data.test_images, data.test_labels),
+        floor=chance_top1(data.test_labels),
         notes={"checkpoint": str(path), "recipe": recipe.__dict__},
     )
+
 
 

@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.workloads.base import (
+    Floor,
     Score,
     Workload,
     batched_outputs,
+    evaluation,
     model_device,
     say,
     state_sha256,
@@ -124,6 +126,10 @@ def load() -> Workload:
         example_input=val_x[:TIMING_BATCH],
         finetune=finetune,
         checkpoint_sha256=state_sha256(model.state_dict()),
+        evaluation=evaluation(f"{len(val)} rendered scenes (split 'val' of {RECIPE}) with "
+                              f"{sum(len(b) for b in truth)} word boxes", len(val),
+                              [s.image for s in val], truth),
+        floor=Floor(0.0, "no word found"),
         notes={"checkpoint": str(path), "scenes": str(RECIPE)},
         timed_items=("images", TIMING_BATCH, "img"),
     )

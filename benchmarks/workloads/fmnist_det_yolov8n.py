@@ -24,10 +24,12 @@ from torch import nn
 
 from benchmarks.workloads.base import (
     TRAIN_THREADS,
+    Floor,
     Score,
     Workload,
     cache_dir,
     cached_state_dict,
+    evaluation,
     model_device,
     say,
     state_sha256,
@@ -146,6 +148,12 @@ def load() -> Workload:
         example_input=val.images[:TIMING_BATCH],
         finetune=finetune,
         checkpoint_sha256=state_sha256(state),
+        evaluation=evaluation(
+            f"the {len(val.images)} validation canvases of {yaml.parent.name} at "
+            f"{recipe.imgsz} px, with their boxes", len(val.images),
+            (val.images * 255).round().byte(), [b["cls"] for b in val.batches],
+            [b["bboxes"] for b in val.batches]),
+        floor=Floor(0.0, "no object found"),
         notes={"checkpoint": str(path), "data": str(yaml.parent)},
         timed_items=("images", TIMING_BATCH, "img"),
     )

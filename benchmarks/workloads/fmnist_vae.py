@@ -33,10 +33,12 @@ from torch import nn
 
 from benchmarks.workloads import fashion_mnist, fmnist_cnn
 from benchmarks.workloads.base import (
+    Floor,
     Score,
     Workload,
     batched_outputs,
     cached_state_dict,
+    evaluation,
     model_device,
     state_sha256,
     train,
@@ -214,10 +216,7 @@ def evaluator(encoder: nn.Module, features: Callable[[torch.Tensor], torch.Tenso
     (N, 28, 28) to (N, D), `real_features` are those of `images`; `z_prior` are the latents to
     generate from for the Frechet distance.
     """
-    with torch.no_grad():
-        posteriors = [encoder(as_input(b)) for b in images.split(EVAL_BATCH)]
-    mean = torch.cat([m for m, _ in posteriors])
-    log_var = torch.cat([v for _, v in posteriors])
+    mean, log_var = posterior(encoder, images)
     noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
     z_posterior = mean + torch.exp(0.5 * log_var) * noise
     kl = kl_to_prior(mean, log_var)
@@ -232,6 +231,23 @@ def evaluator(encoder: nn.Module, features: Callable[[torch.Tensor], torch.Tenso
         })
 
     return evaluate
+
+
+def posterior(encoder: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and log-variance of q(z|x) for uint8 images (N, 28, 28)."""
+    with torch.no_grad():
+        parts = [encoder(as_input(b)) for b in images.split(EVAL_BATCH)]
+    return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts])
+
+
+def independent_pixels_nats(train_images: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """-log p(x) in nats of each image under its pixels' own histograms of the training images
+    (add-one smoothed): at least as good as any decoder that ignores its latent."""
+    pixels = train_images.flatten(1).long().T  # (784, N)
+    counts = torch.zeros(len(pixels), 256, dtype=torch.float64)
+    counts.scatter_add_(1, pixels, torch.ones_like(pixels, dtype=torch.float64))
+    log_p = (counts + 1).log() - (counts.sum(1, keepdim=True) + 256).log()
+    return -log_p.gather(1, images.flatten(1).long().T).sum(0)
 
 
 def location_images(params: torch.Tensor) -> torch.Tensor:
@@ -317,6 +333,13 @@ def load() -> Workload:
         example_input=z_prior[:TIMING_BATCH],  # generating 32 images
         finetune=finetune,
         checkpoint_sha256=state_sha256(state),
+        evaluation=evaluation(f"Fashion-MNIST t10k: all 10,000 test images, one posterior "
+                              f"sample each (seed {NOISE_SEED})", len(data.test_images),
+                              data.test_images, NOISE_SEED),
+        # A decoder that ignores its latent still pays the encoder's KL.
+        floor=Floor(kl_to_prior(*posterior(encoder, data.test_images)).mean().item()
+                    + independent_pixels_nats(data.train_images, data.test_images).mean().item(),
+                    "a decoder that ignores its latent: each pixel's histogram, plus the KL"),
         notes={"checkpoint": str(path), "recipe": RECIPE.__dict__,
                "fd_fmnist_cnn_real_train_vs_test": round(fd_real, 3)},
         timed_items=("generate", TIMING_BATCH, "img"),

