@@ -104,7 +104,9 @@ def artifact_size(model: nn.Module) -> Size:
     exported to) and measure the file.
 
     gzip and zstd sizes show what sparsity saves in storage without pretending the dense
-    tensors are smaller than they are.
+    tensors are smaller than they are. At their fast levels (gzip 1, zstd's default 3): on
+    SmolLM2's 538 MB fp32 state_dict gzip 6 and zstd 10 took 79 s together and gained 3-10 %
+    of ratio over these (16 s).
     """
     artifact = getattr(model, "artifact", None)  # an exported model ships its own file
     if artifact is not None:
@@ -118,8 +120,8 @@ def artifact_size(model: nn.Module) -> Size:
         weights = _stored(model)
     return Size(
         size_bytes=len(data),
-        gzip_bytes=len(gzip.compress(data, compresslevel=6, mtime=0)),
-        zstd_bytes=len(zstandard.ZstdCompressor(level=10).compress(data)),
+        gzip_bytes=len(gzip.compress(data, compresslevel=1, mtime=0)),
+        zstd_bytes=len(zstandard.ZstdCompressor(level=3).compress(data)),
         params=sum(w.params for w in weights),
         nonzeros=sum(w.nonzeros for w in weights),
         memory_bytes=sum(d.numel() * d.element_size() for w in weights for d in w.data),

@@ -227,9 +227,8 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
         "",
         "`drop` is the task metric lost (pp for top-1, points for perplexity), with its 95 % "
         "interval from a paired bootstrap over the test samples (`collapsed`: at the task's "
-        "floor, such as chance); `size ratio` is reference "
-        "bytes over compressed bytes "
-        "of the saved state_dict (gzip ratio: the same, gzip-compressed); `speedup` is the "
+        "floor, such as chance); `size ratio` is reference bytes over compressed bytes of the "
+        "saved state_dict (gzip ratio: the same, gzip-compressed at level 1); `speedup` is the "
         "median ratio of reference to compressed latency over interleaved rounds, with its "
         "bootstrap 95 % interval. `sim` marks simulated execution (masks or casts with no fast "
         "kernel here): its speedup is reported, never claimed; `slower`: real kernels whose "
