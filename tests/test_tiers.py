@@ -41,7 +41,7 @@ def test_a_baseline_blessed_on_the_lock_covers_its_scope(path):
     scope = set(WORKLOADS[data["workload"]].CELLS)
     covered = set(data["cells"]) | set(data.get("skipped", {}))
     assert scope <= covered, f"{path} has no baseline for {sorted(scope - covered)}"
-    assert "evaluation" in data and "floor" in data["reference"]
+    assert "evaluation" in data
 
 
 @pytest.mark.parametrize("hardware_class", sorted({p.parent.name for p in ON_THE_LOCK}))

@@ -101,8 +101,9 @@ def _digest(digest, item) -> None:
 @dataclass(frozen=True)
 class Floor:
     """What the metric is for a model that has learned nothing of the task (chance top-1, a
-    plain upsampler's PSNR, a unigram model's perplexity): a compressed model at its floor has
-    collapsed, and its cell no longer shows what the technique does."""
+    unigram model's perplexity): a compressed model at its floor has collapsed, and its cell
+    no longer shows what the technique does. Only for a metric on which the reference stands
+    clear of it."""
 
     value: float
     what: str

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.workloads.base import (
-    Floor,
     Score,
     Workload,
     batched_outputs,
@@ -138,9 +137,9 @@ def super_resolution(name: str, model: nn.Module, timing_batch: int,
         evaluation=evaluation(f"{len(truth)} tiles of {TILE} px of skimage.data's "
                               f"{', '.join(SCORED)}, downscaled x{SCALE} (bicubic)",
                               len(truth), (truth * 255).round().byte()),
-        # SRVGGNetCompact adds exactly this upscaling to its output: a collapsed body gives it.
-        floor=Floor(psnr(F.interpolate(low, scale_factor=SCALE, mode="nearest"), truth)
-                    .mean().item(), "nearest-neighbour upscaling of the same inputs"),
+        # No floor: a GAN generator gives up PSNR for sharpness, so the plain upsamplers score
+        # about as well (animevideov3 27.24 dB, nearest-neighbour 27.12, bicubic 28.69) and
+        # PSNR cannot tell a collapsed generator from a working one.
         notes={"scored": f"{len(truth)} tiles of {', '.join(SCORED)}", **(notes or {})},
         timed_items=("images", timing_batch, "img"),
         picture=picture,
