@@ -10,7 +10,13 @@ import torch
 
 from benchmarks.harness import calibrate, report
 from benchmarks.harness.measure import Timing
-from benchmarks.harness.verdict import baseline_entry, bless, judge, reference_entry
+from benchmarks.harness.verdict import (
+    CALIBRATED_FLOOR,
+    baseline_entry,
+    bless,
+    judge,
+    reference_entry,
+)
 from tests.test_verdict import make_record
 
 REFS = {"w": {"reference": reference_entry("top1_pct", 91.0, True, "abc")}}
@@ -49,18 +55,19 @@ def test_calibration_stores_the_spread_and_derives_the_tolerance(calibrated):
     assert cal["runs"] == 3 and cal["git_sha"] == "abc" and len(cal["speedups"]) == 3
     assert cell["speedup"]["value"] == pytest.approx(sorted(cal["speedups"])[1], abs=1e-4)
     relative = cell["speedup"]["tolerance"] / cell["speedup"]["value"]
-    assert relative == pytest.approx(max(0.05, 3 * cal["rel_sd"]), abs=1e-3)
-    assert relative < 0.10  # tight enough to resolve a 10 % slowdown
+    assert relative == pytest.approx(max(CALIBRATED_FLOOR, 3 * cal["rel_sd"]), abs=1e-3)
+    assert relative < 0.15  # tight enough to resolve a 15 % slowdown
     assert any(line.startswith("w-int8_static: speedup") for line in lines)
 
 
-def test_a_ten_percent_slowdown_is_caught_and_an_unchanged_cell_passes(calibrated):
+def test_a_twenty_percent_slowdown_is_caught_and_an_unchanged_cell_passes(calibrated):
     path, _ = calibrated
     baseline = json.loads(path.read_text())["cells"]["int8_static"]
     for seed in range(10, 20):  # ten fresh A/A runs
         assert not [c for c in judge(noisy_record(seed=seed), baseline, speed_gated=True)
                     if c.failed]
-        slow = judge(noisy_record(seed=seed, slowdown=1.1), baseline, speed_gated=True)
+        # 1.2x the latency: a sixth of the speedup lost, beyond the tolerance between hosts.
+        slow = judge(noisy_record(seed=seed, slowdown=1.2), baseline, speed_gated=True)
         assert [c.metric for c in slow if c.failed] == ["speedup"]
 
 

@@ -70,7 +70,10 @@ ACCURACY_TOLERANCE = {"top1_pct": 0.3, "perplexity": 0.1, "mAP50-95_pct": 1.0, "
 SIZE_TOLERANCE = 0.01  # relative
 SPEEDUP_TOLERANCE_FLOOR = 0.25  # relative, uncalibrated
 SPEEDUP_SPREAD_FACTOR = 2.0  # times the half-width of the per-round ratio IQR, uncalibrated
-CALIBRATED_FLOOR = 0.05  # relative
+# Relative. Calibration sees the spread between runs on one machine, not between machines of
+# one class: a CI host measured MobileNetV2's int8_static and prune_channels@0.5+ft 6-7 %
+# slower than the Zen 4 that blessed them, on an unchanged tree.
+CALIBRATED_FLOOR = 0.10
 CALIBRATED_SD_FACTOR = 3.0  # times the between-run relative standard deviation
 
 
