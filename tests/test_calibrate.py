@@ -101,3 +101,19 @@ def test_calibration_warns_when_accuracy_is_not_deterministic(tmp_path):
         report.write_ledger(paths[-1], [make_record(comp_metric=metric)], {}, RUN)
     lines = calibrate.calibrate(paths, root)
     assert any(line.startswith("WARNING w-int8_static: accuracy_drop differs") for line in lines)
+
+
+def test_a_run_without_a_speedup_leaves_the_cell_uncalibrated(tmp_path):
+    root = tmp_path / "baselines"
+    bless([noisy_record(seed=0)], REFS, "cpu-test", root)
+    before = (root / "cpu-test" / "w.json").read_text()
+    paths = []
+    for seed in (1, 2, 3):
+        paths.append(tmp_path / f"run-{seed}.json")
+        report.write_ledger(paths[-1], [noisy_record(seed=seed)], {}, RUN)
+    ledger = json.loads(paths[1].read_text())
+    ledger["cells"][0]["speedup"] = None  # how a failed timing reads back from a ledger
+    paths[1].write_text(json.dumps(ledger))
+    lines = calibrate.calibrate(paths, root)
+    assert "w-int8_static: speedup is not a number in 1 run(s), not calibrated" in lines
+    assert (root / "cpu-test" / "w.json").read_text() == before

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -71,6 +72,10 @@ def calibrate(ledger_paths: list[Path], baselines: Path = BASELINES) -> list[str
                 lines.append(f"WARNING {cell}: {metric} differs between runs of one tree "
                              f"{sorted(values)}: the measurement is not deterministic")
         speedups = [e["speedup"] for e in entries]
+        broken = sum(not isinstance(v, (int, float)) or not math.isfinite(v) for v in speedups)
+        if broken:  # a run whose timing failed (its cell failed that run): nothing to calibrate
+            lines.append(f"{cell}: speedup is not a number in {broken} run(s), not calibrated")
+            continue
         median = statistics.median(speedups)
         calibration = {"runs": len(speedups), "git_sha": git_sha,
                        "speedups": [round(s, 4) for s in speedups],
