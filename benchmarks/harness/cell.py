@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,7 +63,9 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         evaluate=lambda candidate, dtype: workload.evaluate(candidate, dtype).value,
     )
     reference_model = workload.model.to(device)
-    compressed = technique.apply(reference_model, ctx)
+    start = time.perf_counter()
+    compressed = technique.apply(reference_model, ctx)  # calibration and recovery included
+    compress_s = time.perf_counter() - start
     model = on_device(compressed.model, device)
     score = workload.evaluate(model, compressed.input_dtype)
     x_ref = workload.example_input.to(device)
@@ -97,7 +100,8 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         timing=timing,
         probe_timings=probe_timings,
         extras={**compressed.extras, **score.extras,
-                **throughputs(workload, timing, probe_timings)},
+                **throughputs(workload, timing, probe_timings),
+                "compress_s": round(compress_s, 2)},  # a cost users weigh, not gated
         reference_peak_memory_bytes=reference.peak_memory_bytes,
         compressed_peak_memory_bytes=peak_memory_bytes(model, x_comp, size, device),
         provenance={**provenance(device, n_threads),
