@@ -25,6 +25,7 @@ def bless_ledgers(paths: list[Path], baselines: Path = BASELINES) -> list[str]:
     """Bless every sound cell of the ledgers; say what changed and what was refused."""
     lines: list[str] = []
     by_class: dict[str, tuple[list[LedgerCell], dict[str, dict]]] = {}
+    here = stack()["stack_lock"]
     for path in paths:
         ledger = read_ledger(path)
         run = ledger["run"]
@@ -32,7 +33,6 @@ def bless_ledgers(paths: list[Path], baselines: Path = BASELINES) -> list[str]:
             raise SystemExit(f"bless: {path} does not record its workloads' references and "
                              "evaluations (written before ledgers could be blessed); measure "
                              "again with this tree")
-        here = stack()["stack_lock"]
         if run.get("stack_lock") != here or run.get("stack_drift"):
             drift = f", drifted: {', '.join(run['stack_drift'])}" if run.get("stack_drift") else ""
             raise SystemExit(f"bless: {path} was measured on stack {run.get('stack_lock')}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.harness.stats import Interval
@@ -102,8 +102,9 @@ def compare(ledger_path: Path, baselines: Path = BASELINES) -> list[Check]:
         checks += judge(cell, found.cell(cell.technique) if found else None,
                         speed_gated=same_class, speed_note=note)
         evaluation = ledger.get("workloads", {}).get(cell.workload, {}).get("evaluation")
-        changed = judge_evaluation(cell.workload, evaluation, found) if evaluation else None
-        checks += [replace(changed, cell=cell.cell)] if changed else []
+        changed = (judge_evaluation(cell.cell, cell.workload, evaluation, found)
+                   if evaluation else None)
+        checks += [changed] if changed else []
     return checks
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import pickle
 from dataclasses import asdict, dataclass, field
@@ -98,9 +97,10 @@ class BenchRun:
             return self._baseline_unusable(record.cell, err)
         cell = found.cell(record.technique) if found else None
         checks = judge(record, cell, speed_gated=speed_gated, speed_note=note)
-        evaluation = judge_evaluation(record.workload, self.evaluation(record.workload), found)
+        evaluation = judge_evaluation(record.cell, record.workload,
+                                      self.evaluation(record.workload), found)
         if evaluation is not None:
-            checks.append(dataclasses.replace(evaluation, cell=record.cell))
+            checks.append(evaluation)
         self.checks[record.cell] = checks
         return checks
 
@@ -113,9 +113,9 @@ class BenchRun:
             return self._baseline_unusable(f"{workload_name}-reference", err)
         check = judge_reference(workload_name, workload.metric, reference.score.value, found,
                                 workload.checkpoint_sha256)
-        evaluation = judge_evaluation(workload_name, self.evaluation(workload_name), found)
-        checks = [check] + ([dataclasses.replace(evaluation, cell=check.cell)]
-                            if evaluation else [])
+        evaluation = judge_evaluation(check.cell, workload_name,
+                                      self.evaluation(workload_name), found)
+        checks = [check] + ([evaluation] if evaluation else [])
         self.checks[check.cell] = checks
         stale = stale_note(found, self.run_info()) if found else None
         if stale:

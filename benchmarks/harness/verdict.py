@@ -423,15 +423,16 @@ def stale_note(baseline: BaselineFile, run: dict) -> Check | None:
                  "with `nox -s baselines` once the new numbers are reviewed")
 
 
-def judge_evaluation(workload: str, evaluation: dict, baseline: BaselineFile | None
-                     ) -> Check | None:
+def judge_evaluation(cell: str, workload: str, evaluation: dict,
+                     baseline: BaselineFile | None) -> Check | None:
     """The run must have evaluated what the baseline was blessed on (samples, their count, the
-    split or windows): otherwise every number of the workload is compared with another task's."""
+    split or windows): otherwise every number of the workload is compared with another task's.
+    A failure is reported on `cell` (each cell of the workload, and its reference)."""
     blessed = baseline.data.get("evaluation") if baseline else None
     pinned = ("samples", "fingerprint")  # the definition is words for the reader
     if blessed is None or all(blessed.get(k) == evaluation.get(k) for k in pinned):
         return None  # (a baseline that pins no evaluation is reported stale instead)
-    return Check(f"{workload}-evaluation", "evaluation", "fail", math.nan,
+    return Check(cell, "evaluation", "fail", math.nan,
                  f"{workload}: this run evaluated {_evaluated(evaluation)}, but baseline "
                  f"{baseline.path} was blessed on {_evaluated(blessed)}. Its numbers do not "
                  "apply to this evaluation: if the change is intended, re-bless the workload "
