@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.harness.provenance import LIBRARIES
+from benchmarks.harness.provenance import LIBRARIES, LOCK, locked_versions, stack
 from benchmarks.harness.record import Record
 from benchmarks.harness.stats import Interval
 
@@ -374,7 +374,25 @@ def bless(records: list[Record], workloads: dict[str, dict], hardware_class: str
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2) + "\n")
         lines.append(f"wrote {path} ({len(recs)} cells measured, {len(cells)} in file)")
+        keep_lock(recs[0].provenance.get("stack_lock"), root)
     return lines
+
+
+def lock_copy(digest: str, root: Path = BASELINES) -> Path:
+    """Where the pins of a lock that baselines were blessed on are kept, by its digest."""
+    return root / "locks" / f"{digest}.txt"
+
+
+def keep_lock(digest: str | None, root: Path = BASELINES) -> None:
+    """Keep the pins of this tree's lock beside the baselines blessed on it, so that a later
+    lock can tell what moved since (and what was only added)."""
+    if digest is None or digest != stack()["stack_lock"]:
+        return  # blessed on no lock, or not on this tree's (bless.py refuses those ledgers)
+    path = lock_copy(digest, root)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{name}=={version}\n"
+                                for name, version in sorted(locked_versions(LOCK).items())))
 
 
 def _unsound(record: Record) -> str:
@@ -407,8 +425,12 @@ def stale_note(baseline: BaselineFile, run: dict) -> Check | None:
     if lock is None:
         reasons.append("blessed before the stack was locked")
     elif lock != run.get("stack_lock"):
-        reasons.append(f"blessed on stack.lock {lock}, this run's is {run.get('stack_lock')} "
-                       "(`git log -p stack.lock` shows what moved)")
+        moved = _moved_since(lock, baseline.path.parent.parent)
+        if moved is None:
+            reasons.append(f"blessed on stack.lock {lock}, this run's is "
+                           f"{run.get('stack_lock')} (`git log -p stack.lock` shows what moved)")
+        elif moved:  # packages only added to the lock change nothing already measured
+            reasons.append(f"blessed on stack.lock {lock}, on which {', '.join(moved)}")
     if written.get("stack_drift"):
         reasons.append("blessed on a stack that differed from its lock: "
                        + ", ".join(written["stack_drift"]))
@@ -421,6 +443,18 @@ def stale_note(baseline: BaselineFile, run: dict) -> Check | None:
     return Check(f"{workload}-baseline", "provenance", "stale", math.nan,
                  f"baseline {baseline.path} is stale: {'; '.join(reasons)}{detail}; re-bless "
                  "with `nox -s baselines` once the new numbers are reviewed")
+
+
+def _moved_since(digest: str, root: Path) -> list[str] | None:
+    """Each package of the lock `digest` whose version this tree's lock changes or drops
+    (None when that lock's pins were not kept)."""
+    copy = lock_copy(digest, root)
+    if not copy.exists():
+        return None
+    then = dict(line.split("==", 1) for line in copy.read_text().split())
+    now = locked_versions(LOCK)
+    return [f"{name} was {version} (now {now.get(name, 'not locked')})"
+            for name, version in sorted(then.items()) if now.get(name) != version]
 
 
 def judge_evaluation(cell: str, workload: str, evaluation: dict,
