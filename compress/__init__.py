@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from compress import export
 from compress.base import Compressed, Context, Technique, Unsupported
 from compress.lowrank import lora, svd
 from compress.prune import channels, magnitude, mlp
 from compress.quant import bnb, cast, dynamic, static, weight_only
 from compress.recover import RECOVERIES, with_recovery
+from compress.runtime import export, llamacpp
 
 __all__ = ["Compressed", "Context", "Technique", "Unsupported", "get", "names"]
 
@@ -28,18 +28,29 @@ class _Entry:
     real_on: tuple[str, ...]  # devices where it runs for real
     make: Callable  # the transform, or, when `param` is set, a factory taking its value
     param: str | None = None
+    kernel: str = ""  # the operators that prove a real low-bit execution (compress/kernels.py)
 
+
+# The kernels: torch's quantized engine; bitsandbytes' own ops on its packed weights; ONNX
+# Runtime's integer nodes after its graph optimizations.
+_TORCH_INT8 = r"^quantized::"
+_BNB_4BIT = r"^bitsandbytes::(gemv_4bit|dequantize_4bit)$"
+_BNB_INT8 = r"^bitsandbytes::int8_(linear_matmul|scaled_mm|mixed_scaled_mm)$"
+_ORT_INT8 = r"^(QLinear\w+|ConvInteger|MatMulInteger|DynamicQuantizeMatMul|QGemm)$"
 
 _REGISTRY: dict[str, _Entry] = {
-    "int8_dynamic": _Entry("quantization", ("cpu",), dynamic.int8_dynamic),
-    "int8_static": _Entry("quantization", ("cpu",), static.int8_static),
+    "int8_dynamic": _Entry("quantization", ("cpu",), dynamic.int8_dynamic,
+                           kernel=r"^quantized::linear_dynamic$"),
+    "int8_static": _Entry("quantization", ("cpu",), static.int8_static, kernel=_TORCH_INT8),
     "fp16": _Entry("quantization", ("cuda",), cast.to_dtype(torch.float16)),
     "bf16": _Entry("quantization", cast.bf16_real_on(), cast.to_dtype(torch.bfloat16)),
-    "int8_weight": _Entry("quantization", ("cpu", "cuda"), weight_only.int8_weight),
-    "int4_weight": _Entry("quantization", ("cpu", "cuda"), weight_only.int4_weight, "group"),
-    "bnb_int8": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("int8")),
-    "bnb_nf4": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("nf4")),
-    "bnb_fp4": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("fp4")),
+    "int8_weight": _Entry("quantization", (), weight_only.int8_weight),
+    "int4_weight": _Entry("quantization", (), weight_only.int4_weight, "group"),
+    "int4_bf16": _Entry("quantization", ("cpu",), weight_only.int4_bf16, "group",
+                        kernel=r"^aten::_weight_int4pack_mm_for_cpu$"),
+    "bnb_int8": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("int8"), kernel=_BNB_INT8),
+    "bnb_nf4": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("nf4"), kernel=_BNB_4BIT),
+    "bnb_fp4": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("fp4"), kernel=_BNB_4BIT),
     "prune_l1": _Entry("pruning", (), magnitude.prune_l1, "sparsity"),
     "prune_global": _Entry("pruning", (), magnitude.prune_global, "sparsity"),
     "prune_channels": _Entry("pruning", ("cpu", "cuda"), channels.prune_channels, "sparsity"),
@@ -48,7 +59,9 @@ _REGISTRY: dict[str, _Entry] = {
     "lora": _Entry("low-rank", ("cpu", "cuda"), lora.lora),
     "torchscript": _Entry("export", ("cpu",), export.torchscript),
     "onnx": _Entry("export", ("cpu",), export.onnx),
-    "onnx_int8": _Entry("export", ("cpu",), export.onnx_int8),
+    "onnx_int8": _Entry("export", ("cpu",), export.onnx_int8, kernel=_ORT_INT8),
+    **{f"gguf_{ftype}": _Entry("quantization", ("cpu",), llamacpp.gguf(ftype),
+                               kernel=llamacpp.KERNEL) for ftype in llamacpp.FTYPES},
 }
 
 
@@ -77,5 +90,6 @@ def get(name: str) -> Technique:
             raise KeyError(f"technique {name!r}: {err}") from err
     else:
         transform = entry.make
-    technique = Technique(spec, entry.family, entry.real_on, transform, transform.__doc__ or "")
+    technique = Technique(spec, entry.family, entry.real_on, transform, transform.__doc__ or "",
+                          entry.kernel)
     return with_recovery(technique, suffix) if plus else technique

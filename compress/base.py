@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -34,6 +35,9 @@ class Context:
     # The workload's metric of a model (given its input dtype): a recovery pipeline reports
     # the metric before recovering, beside the one after.
     evaluate: Callable[[nn.Module, torch.dtype], float] | None = None
+    # The file the model was loaded from, when a runtime needs what it holds beside the
+    # weights (a GGUF file's tokenizer and metadata, for llama.cpp).
+    source_file: Path | None = None
 
 
 @dataclass
@@ -53,6 +57,22 @@ class Compressed:
 
 
 @dataclass(frozen=True)
+class StoredTensor:
+    """One tensor inside an exported file: how many weights it holds, how many of them are not
+    zero, and the bytes that hold them (packed 4-bit blocks hold two weights a byte)."""
+
+    params: int
+    nonzeros: int
+    nbytes: int
+    dtype: str  # as the file names it: float32, int8, Q4_K
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> StoredTensor:
+        return cls(t.numel(), int(torch.count_nonzero(t)), t.numel() * t.element_size(),
+                   str(t.dtype).removeprefix("torch."))
+
+
+@dataclass(frozen=True)
 class Technique:
     """A named, parametrized compression technique: `get("prune_l1@0.5").apply(model, ctx)`."""
 
@@ -62,6 +82,10 @@ class Technique:
     real_on: tuple[str, ...]
     transform: Callable[[nn.Module, Context], Compressed] = field(repr=False)
     doc: str = ""
+    # A regular expression of the operators whose running proves a real low-bit execution
+    # (compress/kernels.py); empty for techniques with nothing of the kind to prove (float
+    # exports, pruned or factorized float layers, casts).
+    kernel: str = ""
 
     def apply(self, model: nn.Module, ctx: Context | None = None) -> Compressed:
         """Compress a copy of `model`; the caller's model is never modified."""

@@ -77,4 +77,4 @@ def with_recovery(technique: Technique, suffix: str) -> Technique:
 
     transform.__doc__ = f"{technique.doc} Then: {recover.__doc__}"
     return Technique(f"{technique.name}+{suffix}", "pipeline", technique.real_on, transform,
-                     transform.__doc__)
+                     transform.__doc__, technique.kernel)

@@ -59,7 +59,7 @@ def test_the_size_of_an_export_is_its_file(name):
 def test_onnx_int8_stores_int8_weights_and_stays_close():
     model = Net().eval()
     out = get("onnx_int8").apply(model, context())
-    assert any(t.dtype == torch.int8 for t in out.model.stored)
+    assert any(t.dtype == "int8" for t in out.model.stored)
     float_size = artifact_size(get("onnx").apply(model, context()).model).size_bytes
     assert artifact_size(out.model).size_bytes < 0.6 * float_size
     x = context().example_input

@@ -12,6 +12,7 @@ from torch import nn
 
 from benchmarks.harness.measure import artifact_size
 from compress import Context, Unsupported, get
+from compress.kernels import operators
 from compress.prune.mlp import mlp_blocks
 
 transformers = pytest.importorskip("transformers")
@@ -59,7 +60,8 @@ def test_int8_weight_error_is_at_most_half_a_step_per_channel(seed):
     layer = nn.Sequential(nn.Linear(64, 32))
     w = layer[0].weight.detach().clone()
     out = get("int8_weight").apply(layer)
-    assert out.execution == "real"
+    assert out.execution == "simulated"  # eager torchao: float matmul of the expanded weight
+    assert "no integer kernel" in out.why_simulated
     x = torch.eye(64)  # the identity recovers the effective (dequantized) weight, transposed
     with torch.inference_mode():
         effective = (out.model(x) - out.model(torch.zeros(1, 64))).T
@@ -102,10 +104,36 @@ def test_int4_weight_refuses_a_group_that_does_not_divide_the_inputs():
 
 def test_weight_only_keeps_an_llm_close_and_shrinks_it():
     model, ids = tiny_llama(), tokens()
-    for name, bound in (("int8_weight", 0.02), ("int4_weight@32", 0.2)):
+    for name, bound in (("int8_weight", 0.02), ("int4_weight@32", 0.2), ("int4_bf16@32", 0.2)):
         out = get(name).apply(model)
         assert rel_err(logits(out.model, ids), logits(model, ids)) < bound, name
         assert artifact_size(out.model).size_bytes < artifact_size(model).size_bytes, name
+
+
+@FAST
+@given(seed=st.integers(0, 2**31 - 1), group=st.sampled_from([32, 64]))
+def test_int4_bf16_packs_weights_to_a_4_bit_grid_per_group_and_runs_the_int4_kernel(seed, group):
+    """Each group's 16 levels span its own range (asymmetric): a packed weight is within half
+    a step of the bf16 weight, and the matmul is torchao's int4 CPU kernel."""
+    torch.manual_seed(seed)
+    layer = nn.Sequential(nn.Linear(128, 16, bias=False))
+    w = layer[0].weight.detach().to(torch.bfloat16).float()
+    out = get(f"int4_bf16@{group}").apply(layer)
+    assert out.execution == "real" and out.input_dtype == torch.bfloat16
+    with torch.inference_mode():
+        effective = out.model(torch.eye(128, dtype=torch.bfloat16)).float().T
+    grouped = w.view(16, -1, group)
+    step = (grouped.amax(-1, keepdim=True) - grouped.amin(-1, keepdim=True)) / 15
+    error = (effective.view(16, -1, group) - grouped).abs()
+    # Half a step, plus bf16 rounding of the scale, zero point and output (8 bits of mantissa).
+    assert (error <= step / 2 + grouped.abs().amax(-1, keepdim=True) / 64).all()
+    ran = operators(out.model, torch.ones(1, 128, dtype=torch.bfloat16))
+    assert ran["aten::_weight_int4pack_mm_for_cpu"] == 1
+
+
+def test_int4_bf16_refuses_a_group_its_kernel_has_no_layout_for():
+    with pytest.raises(KeyError, match="groups of 32, 64, 128"):
+        get("int4_bf16@16")
 
 
 @pytest.mark.parametrize(("name", "bound"), [("bnb_int8", 0.05), ("bnb_nf4", 0.3),

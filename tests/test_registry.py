@@ -26,6 +26,7 @@ PARAM_VALUE = {
     "svd": 0.9,
     "int8_weight": None,
     "int4_weight": 32,
+    "int4_bf16": 64,
     "prune_mlp": 0.5,
     "bnb_int8": None,
     "bnb_nf4": None,
@@ -34,6 +35,9 @@ PARAM_VALUE = {
     "torchscript": None,
     "onnx": None,
     "onnx_int8": None,
+    "gguf_q8_0": None,
+    "gguf_q4_0": None,
+    "gguf_q4_k_m": None,
 }
 FAMILY = {
     "int8_dynamic": "quantization",
@@ -42,6 +46,7 @@ FAMILY = {
     "bf16": "quantization",
     "int8_weight": "quantization",
     "int4_weight": "quantization",
+    "int4_bf16": "quantization",
     "bnb_int8": "quantization",
     "bnb_nf4": "quantization",
     "bnb_fp4": "quantization",
@@ -54,6 +59,9 @@ FAMILY = {
     "torchscript": "export",
     "onnx": "export",
     "onnx_int8": "export",
+    "gguf_q8_0": "quantization",
+    "gguf_q4_0": "quantization",
+    "gguf_q4_k_m": "quantization",
 }
 
 

@@ -197,3 +197,35 @@ def test_output_check_reads_nested_outputs():
 def test_an_ordinary_first_round_is_not_called_cold(rounds):
     timing = measure.Timing(rounds, rounds, 1)
     assert timing_problems(timing) == []
+
+
+def test_a_real_technique_that_silently_runs_float_fails_its_kernel_check(monkeypatch):
+    """The fault: a technique registered with int8_dynamic's claim and kernel (real,
+    quantized::linear_dynamic) whose layers quietly stay float."""
+
+    def float_fallback(model, ctx):
+        return compress.Compressed(model, "real")
+
+    monkeypatch.setitem(compress._REGISTRY, "fake_int8", compress._Entry(
+        "quantization", ("cpu",), float_fallback, kernel=r"^quantized::linear_dynamic$"))
+    record, _ = run_cell(small_workload(), measure_reference(small_workload(), "cpu"),
+                         "fake_int8", device="cpu", n_threads=1)
+    assert record.kernels == {}
+    [problem] = [p for p in record.self_check_problems if "low-bit" in p]
+    assert "no operator matching '^quantized::linear_dynamic$' ran" in problem
+    assert "aten::" in problem  # what ran instead is named
+    checks = judge(record, baseline_entry(record), speed_gated=True)
+    assert any("silent fallback to float" in m for m in failures(checks))
+
+
+def test_a_real_low_bit_cell_records_the_kernel_that_ran():
+    record, _ = run_cell(small_workload(), measure_reference(small_workload(), "cpu"),
+                         "int8_dynamic", device="cpu", n_threads=1)
+    assert record.kernels == {"quantized::linear_dynamic": 2}  # its two Linear layers
+    assert not record.self_check_problems
+
+
+def test_a_technique_with_nothing_to_prove_records_no_kernel():
+    record, _ = run_cell(small_workload(), measure_reference(small_workload(), "cpu"),
+                         "prune_channels@0.5", device="cpu", n_threads=1)
+    assert record.kernels == {} and not record.self_check_problems

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +26,7 @@ from benchmarks.harness.measure import (
 from benchmarks.harness.provenance import provenance
 from benchmarks.harness.record import Record
 from benchmarks.workloads.base import Score, Workload
+from compress import kernels
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ def measure_reference(workload: Workload, device: str) -> Reference:
 
 
 def run_cell(workload: Workload, reference: Reference, technique_name: str, *, device: str,
-             n_threads: int) -> tuple[Record, compress.Compressed]:
+             n_threads: int, bandwidth_gbps: float | None = None
+             ) -> tuple[Record, compress.Compressed]:
     """Apply `technique_name` to the workload's reference and measure the three metrics.
 
     Raises compress.Unsupported when the technique cannot run here.
@@ -61,11 +66,11 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         example_input=workload.example_input.to(device),
         finetune=workload.finetune,
         evaluate=lambda candidate, dtype: workload.evaluate(candidate, dtype).value,
+        source_file=workload.source_file,
     )
     reference_model = workload.model.to(device)
-    start = time.perf_counter()
-    compressed = technique.apply(reference_model, ctx)  # calibration and recovery included
-    compress_s = time.perf_counter() - start
+    with compression_cost() as cost:
+        compressed = technique.apply(reference_model, ctx)  # calibration and recovery included
     model = on_device(compressed.model, device)
     score = workload.evaluate(model, compressed.input_dtype)
     x_ref = workload.example_input.to(device)
@@ -78,11 +83,14 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
                      for name, probe in workload.probes.items()}
     with threads(n_threads), torch.inference_mode():
         timed_output, evaluated_output = time_compressed(), model(x_comp)
+        ran = kernels.operators(model, x_comp) if technique.kernel else Counter()
+    proof = kernels.proof(technique.kernel, ran) if technique.kernel else {}
     per_sample = {"reference": reference.score.per_sample, "compressed": score.per_sample}
     problems = (selfcheck.score_problems(per_sample) + selfcheck.timing_problems(timing)
                 + [f"{name}: {p}" for name, t in probe_timings.items()
                    for p in selfcheck.timing_problems(t)]
-                + selfcheck.output_problems(timed_output, evaluated_output))
+                + selfcheck.output_problems(timed_output, evaluated_output)
+                + selfcheck.kernel_problems(technique, compressed.execution, ran, proof))
     size = artifact_size(model)
     record = Record(
         workload=workload.name,
@@ -100,10 +108,11 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         timing=timing,
         probe_timings=probe_timings,
         extras={**compressed.extras, **score.extras,
-                **throughputs(workload, timing, probe_timings),
-                "compress_s": round(compress_s, 2)},  # a cost users weigh, not gated
+                **throughputs(workload, timing, probe_timings), **cost,  # not gated
+                **roofline(workload, probe_timings, size, bandwidth_gbps)},
         reference_peak_memory_bytes=reference.peak_memory_bytes,
         compressed_peak_memory_bytes=peak_memory_bytes(model, x_comp, size, device),
+        kernels=proof,
         provenance={**provenance(device, n_threads),
                     "reference_checkpoint_sha256": workload.checkpoint_sha256},
         workload_notes=workload.notes,
@@ -115,6 +124,31 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         if workload.picture else {},
     )
     return record, compressed
+
+
+@contextmanager
+def compression_cost() -> Iterator[dict[str, float]]:
+    """What compressing took, filled in when the block ends: `compress_s` (seconds, calibration
+    and recovery included) and `compress_peak_mib`, the most memory the process held above
+    what it held before (Linux: the kernel's resident high-water mark, reset at the start;
+    elsewhere not measured)."""
+    cost: dict[str, float] = {}
+    status, clear = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+    try:
+        clear.write_text("5")  # resets VmHWM to the current resident size
+        before = _status_kib(status, "VmRSS")
+    except OSError:
+        before = None
+    start = time.perf_counter()
+    yield cost
+    cost["compress_s"] = round(time.perf_counter() - start, 2)
+    if before is not None:
+        cost["compress_peak_mib"] = round((_status_kib(status, "VmHWM") - before) / 1024, 1)
+
+
+def _status_kib(status: Path, field: str) -> int:
+    line = next(ln for ln in status.read_text().splitlines() if ln.startswith(f"{field}:"))
+    return int(line.split()[1])
 
 
 def on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
@@ -140,6 +174,24 @@ def throughputs(workload: Workload, timing: Timing, probes: dict[str, Timing]
     for name, items, unit, t in timed + [(n, p.items, p.unit, probes[n])
                                          for n, p in workload.probes.items()]:
         out[f"{name}_{unit}_per_s"] = items / (statistics.median(t.compressed_ms) / 1e3)
+    return out
+
+
+def roofline(workload: Workload, probes: dict[str, Timing], size: Size,
+             bandwidth_gbps: float | None) -> dict[str, float]:
+    """For each probe that streams every weight per item (decode): the weight bytes an item
+    reads (the resident weights), the items/s the memory bandwidth allows at that, and the
+    measured rate as a percentage of it."""
+    out = {}
+    for name, probe in workload.probes.items():
+        if not probe.streams_weights or not bandwidth_gbps:
+            continue
+        per_item = size.memory_bytes
+        allowed = bandwidth_gbps * 1e9 / per_item
+        measured = probe.items / (statistics.median(probes[name].compressed_ms) / 1e3)
+        out |= {f"{name}_bytes_per_{probe.unit}": per_item,
+                f"{name}_roofline_{probe.unit}_per_s": round(allowed, 1),
+                f"{name}_pct_of_roofline": round(100 * measured / allowed, 1)}
     return out
 
 

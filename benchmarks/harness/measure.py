@@ -76,9 +76,10 @@ def _stored(model: nn.Module) -> list[_Stored]:
             params = 0 if metadata else logical.get(key, t.numel())
             if metadata or key in logical:
                 nonzeros = params
-            else:  # a subclass counts the zeros of its integer data, which has its shape
-                same = [d for d in data if d.shape == t.shape] or [t]
-                nonzeros = int(torch.count_nonzero(same[0]))
+            else:  # a subclass counts the zeros of its integer data, which has its shape;
+                # data packed into another shape (two int4 a byte) stores every weight
+                same = [d for d in data if d.shape == t.shape]
+                nonzeros = int(torch.count_nonzero(same[0])) if same else params
             out.append(_Stored(data, params, nonzeros))
     return out
 
@@ -109,23 +110,42 @@ def artifact_size(model: nn.Module) -> Size:
     of ratio over these (16 s).
     """
     artifact = getattr(model, "artifact", None)  # an exported model ships its own file
-    if artifact is not None:
+    if artifact is not None:  # (its runtime says what the file holds: compress StoredTensor)
         data = Path(artifact).read_bytes()
-        weights = [_Stored([t], t.numel(), int(torch.count_nonzero(t))) for t in model.stored]
+        counts = [(t.params, t.nonzeros, t.nbytes) for t in model.stored]
     else:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.pt"
             torch.save(model.state_dict(), path)
             data = path.read_bytes()
-        weights = _stored(model)
+        counts = [(w.params, w.nonzeros, sum(d.numel() * d.element_size() for d in w.data))
+                  for w in _stored(model)]
+    params, nonzeros, memory = (sum(column) for column in zip(*counts, strict=True)) \
+        if counts else (0, 0, 0)
     return Size(
         size_bytes=len(data),
         gzip_bytes=len(gzip.compress(data, compresslevel=1, mtime=0)),
         zstd_bytes=len(zstandard.ZstdCompressor(level=3).compress(data)),
-        params=sum(w.params for w in weights),
-        nonzeros=sum(w.nonzeros for w in weights),
-        memory_bytes=sum(d.numel() * d.element_size() for w in weights for d in w.data),
+        params=params,
+        nonzeros=nonzeros,
+        memory_bytes=memory,
     )
+
+
+def copy_bandwidth_gbps(n_threads: int, mib: int = 512, repeats: int = 7) -> float:
+    """The memory bandwidth one copy on `n_threads` threads reaches, in GB/s as STREAM counts
+    it (bytes read + bytes written, write-allocate traffic not counted), over buffers 16x a
+    32 MB last-level cache, best of `repeats`: the rate at which a decode that reads every weight
+    once per token can stream them, its roofline."""
+    n = mib * 2**20 // 4
+    source, target = torch.ones(n), torch.zeros(n)  # written once: their pages are in memory
+    best = math.inf
+    with threads(n_threads):
+        for _ in range(repeats):
+            start = time.perf_counter()
+            target.copy_(source)
+            best = min(best, time.perf_counter() - start)
+    return 2 * n * 4 / best / 1e9
 
 
 @contextmanager

@@ -49,6 +49,9 @@ class Record:
     extras: dict[str, float] = field(default_factory=dict)
     # The workload's notes on its reference and data (Workload.notes).
     workload_notes: dict = field(default_factory=dict)
+    # The operators that ran and prove the technique's low-bit execution, with their counts
+    # (compress/kernels.py); empty for a technique with nothing to prove.
+    kernels: dict[str, int] = field(default_factory=dict)
     # What the benchmark's self-checks found wrong with this measurement (selfcheck.py).
     self_check_problems: list[str] = field(default_factory=list)
     # The paired outcomes the metrics came from (kept in memory for tests; not serialized),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from benchmarks.harness.record import Record
 from benchmarks.harness.verdict import Check
+from compress.kernels import describe
 
 
 def cell_verdict(checks: Iterable[Check]) -> str:
@@ -34,7 +35,7 @@ def _rows(records: list[Record], checks: dict[str, list[Check]]) -> list[list[st
         if "speedup" in r.slower:
             speed += " slower"
         rows.append([
-            r.workload, r.technique, r.execution,
+            r.workload, r.technique, r.execution, describe(r.kernels) or "-",
             f"{r.reference_metric:.2f} -> {r.compressed_metric:.2f}"
             + (" collapsed" if r.collapsed else ""),
             drop,
@@ -96,8 +97,8 @@ def findings(records: list[Record]) -> list[str]:
     return lines
 
 
-HEADER = ["workload", "technique", "exec", "metric ref -> comp", "drop [95% CI]", "size MB",
-          "size ratio", "gzip ratio", "peak MB", "speedup [95% CI]", "verdict", "more"]
+HEADER = ["workload", "technique", "exec", "kernel", "metric ref -> comp", "drop [95% CI]",
+          "size MB", "size ratio", "gzip ratio", "peak MB", "speedup [95% CI]", "verdict", "more"]
 
 
 def text_table(records: list[Record], checks: dict[str, list[Check]]) -> str:
@@ -183,6 +184,62 @@ def pareto_plot(path: Path, workload: str, records: list[Record]) -> None:
     plt.close(fig)
 
 
+def roofline_points(records: list[Record], probe: str) -> tuple[list, float | None]:
+    """(label, weight bytes per item, measured items/s) of the reference and every cell of a
+    probe that streams its weights, and the bandwidth (GB/s) the cells were bounded with."""
+    unit = next((k.removeprefix(f"{probe}_bytes_per_") for r in records for k in r.extras
+                 if k.startswith(f"{probe}_bytes_per_")), None)
+    cells = [r for r in records if unit and f"{probe}_bytes_per_{unit}" in r.extras]
+    if not cells:
+        return [], None
+    first = cells[0]
+    items = first.extras[f"{probe}_{unit}_per_s"] * _median_ms(first, probe) / 1e3
+    points = [("reference", first.reference_size.memory_bytes,
+               items / (_median_ms(first, probe, "reference") / 1e3))]
+    points += [(r.technique, r.extras[f"{probe}_bytes_per_{unit}"],
+                r.extras[f"{probe}_{unit}_per_s"]) for r in cells]
+    bandwidth = (first.extras[f"{probe}_roofline_{unit}_per_s"]
+                 * first.extras[f"{probe}_bytes_per_{unit}"] / 1e9)
+    return points, bandwidth
+
+
+def _median_ms(r: Record, probe: str, which: str = "compressed") -> float:
+    values = sorted(getattr(r.probe_timings[probe], f"{which}_ms"))
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def roofline_plot(path: Path, workload: str, probe: str, records: list[Record]) -> bool:
+    """Measured rate against weight bytes per item, log-log, with the line the memory
+    bandwidth draws (rate = bandwidth / bytes): how far each cell is from its limit."""
+    points, bandwidth = roofline_points(records, probe)
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5), constrained_layout=True)
+    sizes = [b for _, b, _ in points]
+    xs = [min(sizes) / 1.5, max(sizes) * 1.5]
+    ax.plot(xs, [bandwidth * 1e9 / x for x in xs], color="tab:blue",
+            label=f"memory bandwidth {bandwidth:.1f} GB/s (copy, timing threads)")
+    for label, per_item, rate in points:
+        ax.scatter(per_item, rate, color="tab:gray" if label == "reference" else "tab:red")
+        ax.annotate(label, (per_item, rate), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("weight bytes read per item (resident weights)")
+    ax.set_ylabel(f"{probe}: items per second (measured)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"{workload}: {probe} against the bandwidth roofline")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def picture_gallery(folder: Path, workload: str, records: list[Record],
                     per_row: int = 4) -> list[str]:
     """Markdown for the reference's picture beside each cell's, each saved as a PNG and
@@ -232,9 +289,14 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
         "median ratio of reference to compressed latency over interleaved rounds, with its "
         "bootstrap 95 % interval. `sim` marks simulated execution (masks or casts with no fast "
         "kernel here): its speedup is reported, never claimed; `slower`: real kernels whose "
-        "whole interval is below 1x. `below detectable`: beyond the "
+        "whole interval is below 1x. `kernel`: the low-bit operators that ran, which prove a "
+        "real cell's claim (torch profiler op names, ggml tensor types, ONNX Runtime node "
+        "types, with counts). `below detectable`: beyond the "
         "tolerance, but the interval still holds the baseline. `more`: each probe's speedup "
-        "(gated, e.g. LLM decoding), throughputs and the workload's other numbers.",
+        "(gated, e.g. LLM decoding), throughputs and the workload's other numbers; for a "
+        "decode, the weight bytes a token reads, the tokens/s the memory bandwidth allows at "
+        "that (`roofline`) and the share of it measured. `compress_s`, `compress_peak_mib`: "
+        "what compressing took, in seconds and in memory above what the process held.",
         "",
         *[f"**{line}**\n" for line in notices(run)],
         markdown_table(records, checks),
@@ -262,7 +324,12 @@ def write_markdown(folder: Path, records: list[Record], checks: dict[str, list[C
         pareto_plot(plot, workload, recs)
         notes = "; ".join(f"{key}: {value}" for key, value in recs[0].workload_notes.items())
         lines += [f"## {workload}", "", *([notes, ""] if notes else []),
-                  f"![Pareto plot of {workload}]({plot.name})", "",
-                  *picture_gallery(folder, workload, recs)]
+                  f"![Pareto plot of {workload}]({plot.name})", ""]
+        for probe in dict.fromkeys(p for r in recs for p in r.probe_timings):
+            roof = folder / f"roofline-{workload}-{probe}.png"
+            if roofline_plot(roof, workload, probe, recs):
+                lines += [f"![{probe} of {workload} against the bandwidth roofline]"
+                          f"({roof.name})", ""]
+        lines += picture_gallery(folder, workload, recs)
     path.write_text("\n".join(lines))
     return path

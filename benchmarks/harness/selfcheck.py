@@ -59,6 +59,18 @@ def timing_problems(timing: Timing) -> list[str]:
     return problems
 
 
+def kernel_problems(technique, execution: str, ran: dict[str, int],
+                    proof: dict[str, int]) -> list[str]:
+    """A technique that runs for real and names its low-bit kernel must have run it: none means
+    its layers silently fell back to float (the speedup and the claim belong to nothing)."""
+    if execution != "real" or not technique.kernel or proof:
+        return []
+    busiest = ", ".join(name for name, _ in sorted(ran.items(), key=lambda kv: -kv[1])[:6])
+    return [f"{technique.name} claims real low-bit execution, but no operator matching "
+            f"{technique.kernel!r} ran (it ran {busiest or 'nothing'}): a silent fallback to "
+            "float; fix the technique or declare it simulated"]
+
+
 def output_problems(timed: object, evaluated: object) -> list[str]:
     """The model that was timed must be the model that was scored.
 

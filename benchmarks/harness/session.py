@@ -10,6 +10,7 @@ from pathlib import Path
 import compress
 from benchmarks.harness import report
 from benchmarks.harness.cell import Reference, measure_reference, run_cell
+from benchmarks.harness.measure import copy_bandwidth_gbps
 from benchmarks.harness.provenance import hardware_class, provenance
 from benchmarks.harness.record import Record
 from benchmarks.harness.verdict import (
@@ -45,6 +46,7 @@ class BenchRun:
     # What a baseline file stores of each workload besides its cells: "reference"
     # (reference_entry), "evaluation" (what was evaluated), "skipped" (cells that cannot run).
     workload_entries: dict[str, dict] = field(default_factory=dict)
+    copy_bandwidth_gbps: float | None = None  # measured when a workload needs it
 
     @property
     def hardware_class(self) -> str:
@@ -70,13 +72,23 @@ class BenchRun:
         return found, False, (f"baseline is from {found.hardware_class}, this machine is "
                               f"{self.hardware_class}")
 
+    def bandwidth_gbps(self, workload: Workload) -> float | None:
+        """The host's copy bandwidth on the timing threads, measured once per run and only
+        for workloads whose probes it bounds (decode)."""
+        if not any(p.streams_weights for p in workload.probes.values()):
+            return None
+        if self.copy_bandwidth_gbps is None:
+            self.copy_bandwidth_gbps = round(copy_bandwidth_gbps(self.threads), 2)
+        return self.copy_bandwidth_gbps
+
     def run(self, workload_name: str, technique: str) -> tuple[Record, compress.Compressed]:
         """Measure one cell; a cell that cannot run here raises compress.Unsupported, and the
         report lists it with the reason."""
         workload, reference = self.workload(workload_name)
         try:
             record, compressed = run_cell(workload, reference, technique, device=self.device,
-                                          n_threads=self.threads)
+                                          n_threads=self.threads,
+                                          bandwidth_gbps=self.bandwidth_gbps(workload))
         except compress.Unsupported as why:
             entry = self.workload_entries.setdefault(workload_name, {})
             entry.setdefault("skipped", {})[technique] = str(why)
@@ -143,7 +155,9 @@ class BenchRun:
             if found is None or not gated:
                 ungated[workload] = why or f"no baseline of {self.hardware_class}"
         return {**provenance(self.device, self.threads), "tier": self.tier,
-                "device": self.device, "speedups_not_gated": ungated}
+                "device": self.device, "speedups_not_gated": ungated,
+                **({"copy_bandwidth_gbps": self.copy_bandwidth_gbps}
+                   if self.copy_bandwidth_gbps else {})}
 
     def finish(self) -> list[str]:
         """Write the reports (and, when asked, the baselines); return lines to print."""

