@@ -17,7 +17,7 @@ from compress.lowrank import lora, svd
 from compress.prune import channels, magnitude, mlp
 from compress.quant import bnb, cast, dynamic, static, weight_only
 from compress.recover import RECOVERIES, with_recovery
-from compress.runtime import export, llamacpp
+from compress.runtime import export, llamacpp, openvino
 
 __all__ = ["Compressed", "Context", "Technique", "Unsupported", "get", "names"]
 
@@ -60,6 +60,8 @@ _REGISTRY: dict[str, _Entry] = {
     "torchscript": _Entry("export", ("cpu",), export.torchscript),
     "onnx": _Entry("export", ("cpu",), export.onnx),
     "onnx_int8": _Entry("export", ("cpu",), export.onnx_int8, kernel=_ORT_INT8),
+    "openvino": _Entry("export", ("cpu",), openvino.openvino),
+    "openvino_int8": _Entry("export", ("cpu",), openvino.openvino_int8, kernel=openvino.KERNEL),
     **{f"gguf_{ftype}": _Entry("quantization", ("cpu",), llamacpp.gguf(ftype),
                                kernel=llamacpp.KERNEL) for ftype in llamacpp.FTYPES},
 }

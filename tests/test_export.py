@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from benchmarks.harness.measure import artifact_size, threads
-from compress import Context, Unsupported, export, get
+from compress import Context, Unsupported, export, get, kernels
+from compress.kernels import operators
 
 pytest.importorskip("onnxruntime")
 
@@ -35,11 +36,13 @@ def context() -> Context:
                    example_input=torch.randn(4, 3, 16, 16, generator=gen))
 
 
-@pytest.mark.parametrize("name", ["torchscript", "onnx"])
+@pytest.mark.parametrize("name", ["torchscript", "onnx", "openvino"])
 def test_an_export_reproduces_the_model_at_any_batch_size(name):
     model = Net().eval()
     out = get(name).apply(model, context())
     assert out.execution == "real" and out.model.artifact.exists()
+    assert not out.model.stored or all(t.dtype == "float32" for t in out.model.stored
+                                      if t.params > 1)
     x = torch.randn(7, 3, 16, 16)  # another batch size than the example's
     logits, features = out.model(x)
     with torch.no_grad():
@@ -56,12 +59,22 @@ def test_the_size_of_an_export_is_its_file(name):
     assert size.params >= sum(p.numel() for p in Net().parameters()) - 2 * 16  # BN folded
 
 
-def test_onnx_int8_stores_int8_weights_and_stays_close():
+def test_the_size_of_an_openvino_export_is_its_ir_folder():
+    out = get("openvino").apply(Net().eval(), context())
+    files = sorted(out.model.artifact.iterdir())
+    assert [f.suffix for f in files] == [".bin", ".xml"]  # the graph and its weights
+    assert artifact_size(out.model).size_bytes == sum(f.stat().st_size for f in files)
+
+
+@pytest.mark.parametrize(("name", "float_name"), [("onnx_int8", "onnx"),
+                                                  ("openvino_int8", "openvino")])
+def test_int8_exports_store_int8_weights_and_stay_close(name, float_name):
     model = Net().eval()
-    out = get("onnx_int8").apply(model, context())
+    out = get(name).apply(model, context())
     assert any(t.dtype == "int8" for t in out.model.stored)
-    float_size = artifact_size(get("onnx").apply(model, context()).model).size_bytes
-    assert artifact_size(out.model).size_bytes < 0.6 * float_size
+    # The weights' bytes (a tiny net's file is mostly its graph: OpenVINO's XML).
+    float_weights = artifact_size(get(float_name).apply(model, context()).model).memory_bytes
+    assert artifact_size(out.model).memory_bytes < 0.6 * float_weights
     x = context().example_input
     with torch.no_grad():
         want = model(x)[0]
@@ -80,6 +93,29 @@ def test_onnx_runtime_runs_on_the_thread_count_torch_is_set_to():
         == [1, 2]
 
 
+@pytest.mark.parametrize(("name", "proof"), [("onnx_int8", "QLinearConv"),
+                                             ("openvino_int8", "Convolution[u8]")])
+def test_int8_exports_run_int8_kernels_and_their_float_exports_do_not(name, proof):
+    """What the runtime ran, in its own words (ONNX Runtime's profiler, OpenVINO's
+    executed graph): the int8 convolutions for the int8 file, none for the float one."""
+    x = context().example_input
+    int8 = get(name).apply(Net().eval(), context())
+    assert operators(int8.model, x)[proof] == 2
+    assert kernels.proof(get(name).kernel, operators(int8.model, x))
+    fp32 = get(name.removesuffix("_int8")).apply(Net().eval(), context())
+    assert not kernels.proof(get(name).kernel, operators(fp32.model, x))
+
+
+def test_openvino_runs_on_the_thread_count_torch_is_set_to():
+    out = get("openvino").apply(Net().eval(), context())
+    for n in (1, 2):
+        with threads(n):
+            out.model(context().example_input)
+    compiled = out.model._run.compiled
+    assert {n: c.get_property("INFERENCE_NUM_THREADS") for n, (c, _) in compiled.items()} \
+        == {1: 1, 2: 2}
+
+
 def test_an_export_that_is_not_the_model_fails(monkeypatch):
     """The fault: a runtime that computes something slightly else (1 % off)."""
     real = export.OnnxRuntime.__call__
@@ -89,12 +125,14 @@ def test_an_export_that_is_not_the_model_fails(monkeypatch):
         get("onnx").apply(Net().eval(), context())
 
 
-@pytest.mark.parametrize("name", ["torchscript", "onnx", "onnx_int8"])
+@pytest.mark.parametrize("name", ["torchscript", "onnx", "onnx_int8", "openvino",
+                                  "openvino_int8"])
 def test_exports_need_an_example_input(name):
     with pytest.raises(Unsupported, match="example_input"):
         get(name).apply(Net().eval(), Context(calibration=context().calibration))
 
 
-def test_onnx_int8_needs_calibration():
+@pytest.mark.parametrize("name", ["onnx_int8", "openvino_int8"])
+def test_int8_exports_need_calibration(name):
     with pytest.raises(Unsupported, match="calibration"):
-        get("onnx_int8").apply(Net().eval(), Context(example_input=context().example_input))
+        get(name).apply(Net().eval(), Context(example_input=context().example_input))

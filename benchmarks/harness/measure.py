@@ -111,7 +111,9 @@ def artifact_size(model: nn.Module) -> Size:
     """
     artifact = getattr(model, "artifact", None)  # an exported model ships its own file
     if artifact is not None:  # (its runtime says what the file holds: compress StoredTensor)
-        data = Path(artifact).read_bytes()
+        path = Path(artifact)  # a file, or a folder of them (OpenVINO's graph and weights)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        data = b"".join(f.read_bytes() for f in files)
         counts = [(t.params, t.nonzeros, t.nbytes) for t in model.stored]
     else:
         with tempfile.TemporaryDirectory() as tmp:

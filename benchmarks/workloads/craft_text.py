@@ -50,6 +50,8 @@ CELLS = {
     "torchscript": "full",
     "onnx": "full",
     "onnx_int8": "full",
+    "openvino": "full",
+    "openvino_int8": "full",
 }
 
 RECIPE = SceneRecipe()

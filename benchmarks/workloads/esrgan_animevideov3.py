@@ -27,6 +27,8 @@ CELLS = {
     "prune_global@0.9": "full",
     "prune_global@0.9+ft": "full",
     "svd@0.9": "full",
+    "openvino": "full",
+    "openvino_int8": "full",
 }
 UPSTREAM = "realesr-animevideov3-x4"
 

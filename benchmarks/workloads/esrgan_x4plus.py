@@ -19,6 +19,8 @@ CELLS = {
     "bf16": "full",
     "prune_global@0.5": "full",
     "svd@0.9": "full",
+    "openvino": "full",
+    "openvino_int8": "full",
 }
 UPSTREAM = "realesrgan-x4plus"
 

@@ -27,6 +27,9 @@ CELLS = {
     "prune_channels@0.7": "full",
     "svd@0.9": "pr",
     "svd@0.95": "full",
+    # OpenVINO, the runtime Intel CPUs deploy on: fp32 IR, and NNCF's int8.
+    "openvino": "full",
+    "openvino_int8": "full",
     "prune_global@0.9+ft": "pr",
     "prune_channels@0.5+ft": "pr",
     **{f"prune_l1@{s}+ft": "full" for s in (0.5, 0.8, 0.9)},

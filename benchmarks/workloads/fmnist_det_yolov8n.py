@@ -56,6 +56,8 @@ CELLS = {
     "torchscript": "full",
     "onnx": "full",
     "onnx_int8": "pr",
+    "openvino": "full",
+    "openvino_int8": "full",
 }
 
 EVAL_BATCH = 32

@@ -35,6 +35,9 @@ CELLS = {
     "prune_channels@0.7": "full",
     "svd@0.9": "pr",
     "svd@0.95": "full",
+    # OpenVINO, the runtime Intel CPUs deploy on: fp32 IR, and NNCF's int8.
+    "openvino": "full",
+    "openvino_int8": "pr",
     "prune_channels@0.5+ft": "pr",
     **{f"prune_{kind}@{s}+ft": "full" for kind in ("l1", "global") for s in (0.5, 0.8, 0.9)},
     **{f"prune_channels@{s}+ft": "full" for s in (0.3, 0.7)},

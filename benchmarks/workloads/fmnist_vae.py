@@ -59,6 +59,8 @@ CELLS = {
     "prune_channels@0.5": "full",
     "prune_channels@0.5+ft": "full",
     "svd@0.9": "pr",
+    "openvino": "full",
+    "openvino_int8": "full",
 }
 
 

@@ -33,7 +33,9 @@ class Exported(nn.Module):
     def __init__(self, artifact: Path, run: Callable, tensors: list[torch.Tensor], folder):
         super().__init__()
         self.artifact = artifact  # the file that ships
-        self.stored = [StoredTensor.of(t) for t in tensors]  # the weights inside it
+        # The weights inside it: float and 8-bit tensors (integer ones are shapes and indices).
+        self.stored = [StoredTensor.of(t) for t in tensors
+                       if t.is_floating_point() or t.dtype in (torch.int8, torch.uint8)]
         self._run = run
         self._folder = folder  # keeps the temporary folder (and the file) alive
 
