@@ -42,6 +42,8 @@ _REGISTRY: dict[str, _Entry] = {
     "int8_dynamic": _Entry("quantization", ("cpu",), dynamic.int8_dynamic,
                            kernel=r"^quantized::linear_dynamic$"),
     "int8_static": _Entry("quantization", ("cpu",), static.int8_static, kernel=_TORCH_INT8),
+    "int8_pt2e": _Entry("quantization", ("cpu",), static.int8_pt2e,
+                        kernel=r"^onednn::q(conv|linear)"),
     "fp16": _Entry("quantization", ("cuda",), cast.to_dtype(torch.float16)),
     "bf16": _Entry("quantization", cast.bf16_real_on(), cast.to_dtype(torch.bfloat16)),
     "int8_weight": _Entry("quantization", (), weight_only.int8_weight),

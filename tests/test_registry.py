@@ -18,6 +18,7 @@ FAST = settings(max_examples=25, deadline=None, database=None)
 PARAM_VALUE = {
     "int8_dynamic": None,
     "int8_static": None,
+    "int8_pt2e": None,
     "fp16": None,
     "bf16": None,
     "prune_l1": 0.5,
@@ -44,6 +45,7 @@ PARAM_VALUE = {
 FAMILY = {
     "int8_dynamic": "quantization",
     "int8_static": "quantization",
+    "int8_pt2e": "quantization",
     "fp16": "quantization",
     "bf16": "quantization",
     "int8_weight": "quantization",

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compress import Context, get
+from compress.kernels import operators
 from compress.lowrank.svd import factorize_conv, factorize_linear, rank_for_energy
 from compress.prune.channels import output_layers
 from compress.quant.cast import bf16_real_on
@@ -153,6 +154,27 @@ def test_int8_static_is_close_to_fp32_and_stores_int8(seed, channels, hw, classe
     scales = conv_w.q_per_channel_scales().float().reshape(-1, 1, 1, 1)
     assert bool((err <= scales / 2 + 1e-6).all())
 
+
+
+def test_int8_pt2e_runs_onednn_int8_kernels_close_to_fp32_and_stores_int8():
+    """PT2E, compiled: the quantized convolution and linear run as oneDNN int8 kernels, the
+    output stays within a few steps of fp32, and what ships holds int8 weights and no float
+    copy of them. One example (compiling takes seconds)."""
+    torch.manual_seed(0)
+    model = ConvReluLinear(8, 6, 4).eval()
+    calibration = [torch.randn(16, 3, 6, 6) for _ in range(4)]
+    out = get("int8_pt2e").apply(model, Context(calibration=calibration,
+                                                example_input=calibration[0]))
+    assert out.execution == "real"
+    x = torch.cat(calibration)  # another batch size than the example's: compiled again
+    with torch.inference_mode():
+        want, got = model(x), out.model(x)
+        ran = operators(out.model, x)
+    assert (got - want).abs().max().item() < 0.05 * (want.max() - want.min()).item()
+    assert ran["onednn::qconv_pointwise"] == 1 and ran["onednn::qlinear_pointwise"] == 1
+    stored = out.model.state_dict().values()
+    assert sorted(t.numel() for t in stored if t.dtype == torch.int8) == [8 * 3 * 9, 4 * 288]
+    assert not [t for t in stored if t.is_floating_point() and t.numel() >= 8 * 3 * 9]
 
 # --- prune_l1 / prune_global -----------------------------------------------------------------
 

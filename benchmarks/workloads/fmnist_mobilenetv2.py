@@ -22,6 +22,7 @@ FAMILY = "classification"
 CELLS = {
     "int8_dynamic": "pr",
     "int8_static": "pr",
+    "int8_pt2e": "full",  # FX's successor: PT2E, X86InductorQuantizer, torch.compile
     "fp16": "full",
     "bf16": "full",
     "prune_l1@0.5": "pr",

@@ -1,4 +1,8 @@
-"""Post-training static int8: weights and activations int8, scales from calibration data."""
+"""Post-training static int8: weights and activations int8, scales from calibration data.
+
+`int8_static` through FX graph mode (torch.ao, deprecated upstream), `int8_pt2e` through PT2E
+(torchao) and torch.compile, its successor; both are measured, so the suite keeps working once
+torch.ao is gone and shows which is faster on each CPU."""
 
 from __future__ import annotations
 
@@ -34,3 +38,83 @@ def int8_static(model: nn.Module, ctx: Context) -> Compressed:
         for batch in batches:
             prepared(batch)
     return Compressed(convert_fx(prepared), "real")
+
+
+def int8_pt2e(model: nn.Module, ctx: Context) -> Compressed:
+    """PT2E static int8, FX's successor: torch.export (batch dimension dynamic), torchao's
+    X86InductorQuantizer (per-channel weights, activations calibrated), then torch.compile with
+    Inductor's freezing, which lowers the quantized patterns to oneDNN's int8 kernels
+    (onednn::qconv_pointwise, onednn::qlinear_pointwise). Compiling takes seconds to minutes;
+    eager PT2E would run float ops around quantize/dequantize pairs."""
+    if ctx.device != "cpu":
+        raise Unsupported("int8_pt2e: X86InductorQuantizer lowers to oneDNN's CPU kernels")
+    batches = list(ctx.calibration)
+    if not batches or ctx.example_input is None:
+        raise Unsupported("int8_pt2e needs calibration batches and an example input")
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    except ImportError as err:
+        raise Unsupported("int8_pt2e needs torchao: pip install torchao") from err
+    example = ctx.example_input
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},),
+                                       strict=False).module()
+    except Exception as err:  # export's errors have no common base class
+        raise Unsupported(f"int8_pt2e: torch.export cannot capture this model "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for calibration in batches:
+            prepared(calibration)
+    compiled = _Frozen(_without_unused_tensors(convert_pt2e(prepared)))
+    try:  # compile now, not in the first timed round: once per grad mode the caller may use
+        with torch.no_grad():
+            compiled(example)
+        with torch.inference_mode():
+            compiled(example)
+    except Exception as err:  # Inductor's failures have no common base class either
+        raise Unsupported(f"int8_pt2e: Inductor cannot compile this quantized model "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    return Compressed(compiled, "real")
+
+
+def _without_unused_tensors(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """convert_pt2e folds each weight into an int8 constant and leaves the float original
+    attached, unused: dropped, so that what ships (the state_dict) is the int8 model."""
+    used = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name not in used:
+            owner, _, attribute = name.rpartition(".")
+            delattr(graph.get_submodule(owner), attribute)
+    return graph
+
+
+class _Frozen(nn.Module):
+    """A PT2E-quantized module compiled by Inductor with freezing (constant weights folded
+    and prepacked, which the int8 lowering needs), set per call rather than process-wide: a
+    new input shape recompiles under the same setting."""
+
+    def __init__(self, quantized: nn.Module):
+        super().__init__()
+        self.quantized = quantized  # its state_dict is what ships
+        # Not a submodule: torch.compile's wrapper would list the same weights a second time.
+        # Static shapes, one compile per batch size: Inductor's dynamic-batch lowering of
+        # quantized convolutions failed on the Fashion-MNIST CNN (a stride assertion).
+        object.__setattr__(self, "_compiled", torch.compile(quantized, dynamic=False))
+
+    def forward(self, x: torch.Tensor):
+        # Inductor asserts the strides it compiled for, and a size-1 channel dimension can
+        # come with any stride (Fashion-MNIST's 1-channel images do): give it the standard ones.
+        if x.stride() != torch.empty(x.shape, device="meta").stride():
+            x = x.clone(memory_format=torch.contiguous_format)
+        with torch._inductor.config.patch(freezing=True):
+            return self._compiled(x)
+
+    def train(self, mode: bool = True) -> _Frozen:
+        # An exported graph was captured in eval mode and refuses .train()/.eval().
+        self.training = mode
+        return self
