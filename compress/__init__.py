@@ -62,6 +62,8 @@ _REGISTRY: dict[str, _Entry] = {
     "torchscript": _Entry("export", ("cpu",), export.torchscript),
     "onnx": _Entry("export", ("cpu",), export.onnx),
     "onnx_int8": _Entry("export", ("cpu",), export.onnx_int8, kernel=_ORT_INT8),
+    "onnx_int4": _Entry("export", ("cpu",), export.onnx_int4, "block",
+                        kernel=r"^MatMulNBits$"),
     "openvino": _Entry("export", ("cpu",), openvino.openvino),
     "openvino_int8": _Entry("export", ("cpu",), openvino.openvino_int8, kernel=openvino.KERNEL),
     **{f"gguf_{ftype}": _Entry("quantization", ("cpu",), llamacpp.gguf(ftype),

@@ -136,3 +136,44 @@ def test_exports_need_an_example_input(name):
 def test_int8_exports_need_calibration(name):
     with pytest.raises(Unsupported, match="calibration"):
         get(name).apply(Net().eval(), Context(example_input=context().example_input))
+
+
+class Tokens(nn.Module):
+    """A transformer's shape: an embedding of token ids, then Linear layers on (batch, tokens,
+    features), which export as MatMul (on 2-D inputs they export as Gemm)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(256, 64)
+        self.mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 16))
+
+    def forward(self, ids):
+        return self.mlp(self.embed(ids))
+
+
+def test_onnx_int4_packs_matmul_weights_to_4_bits_and_runs_matmulnbits():
+    model = Tokens().eval()
+    ids = torch.randint(0, 256, (4, 12), generator=torch.Generator().manual_seed(2))
+    out = get("onnx_int4@32").apply(model, Context(example_input=ids))
+    assert out.extras == {"accuracy_level": 4}
+    packed = [t for t in out.model.stored if t.dtype == "int4"]
+    # Both MatMul weights and the embedding table, two weights a byte.
+    assert sorted(t.params for t in packed) == [128 * 16, 64 * 128, 256 * 64]
+    assert all(t.nbytes == t.params // 2 for t in packed)
+    ran = operators(out.model, ids)
+    assert ran["MatMulNBits"] == 2 and kernels.proof(get("onnx_int4@32").kernel, ran)
+    with torch.no_grad():
+        want = model(ids)
+    assert ((out.model(ids) - want).norm() / want.norm()).item() < 0.15
+
+
+def test_onnx_int4_without_a_matmul_is_unsupported():
+    with pytest.raises(Unsupported, match="no MatMul with a constant weight"):
+        get("onnx_int4@32").apply(Net().eval(), context())  # its Linear exports as Gemm
+
+
+@pytest.mark.parametrize("block", [8, 48, 32.5])
+def test_onnx_int4_block_sizes_are_powers_of_two_from_16(block):
+    with pytest.raises(KeyError, match="power of 2 >= 16"):
+        get(f"onnx_int4@{block}")

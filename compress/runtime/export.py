@@ -3,7 +3,9 @@
 - `torchscript`: `torch.jit.trace`, saved and loaded back, run by the TorchScript interpreter;
 - `onnx`: `torch.onnx.export` (opset 17, batch dimension dynamic), run by ONNX Runtime;
 - `onnx_int8`: that ONNX file quantized by ONNX Runtime's static int8 quantization (QDQ,
-  per-channel int8 weights, int8 activations calibrated on the calibration batches).
+  per-channel int8 weights, int8 activations calibrated on the calibration batches);
+- `onnx_int4@b`: that ONNX file with 4-bit weights (MatMulNBits, a scale per `b` inputs), for
+  transformers: their Linear layers export as MatMul.
 
 The artifact is the exported file itself (`Exported.artifact`), so its size is what ships.
 ONNX Runtime sessions run on as many threads as torch is set to when they are called, so a
@@ -18,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,12 +33,15 @@ OPSET = 17
 class Exported(nn.Module):
     """A model exported to a file and run by that format's runtime."""
 
-    def __init__(self, artifact: Path, run: Callable, tensors: list[torch.Tensor], folder):
+    def __init__(self, artifact: Path, run: Callable,
+                 tensors: list[torch.Tensor | StoredTensor], folder):
         super().__init__()
         self.artifact = artifact  # the file that ships
-        # The weights inside it: float and 8-bit tensors (integer ones are shapes and indices).
-        self.stored = [StoredTensor.of(t) for t in tensors
-                       if t.is_floating_point() or t.dtype in (torch.int8, torch.uint8)]
+        # The weights inside it: float and 8-bit tensors (integer ones are shapes and indices),
+        # or what the runtime says a packed one holds.
+        self.stored = [t if isinstance(t, StoredTensor) else StoredTensor.of(t) for t in tensors
+                       if isinstance(t, StoredTensor) or t.is_floating_point()
+                       or t.dtype in (torch.int8, torch.uint8)]
         self._run = run
         self._folder = folder  # keeps the temporary folder (and the file) alive
 
@@ -72,6 +78,54 @@ def onnx(model: nn.Module, ctx: Context) -> Compressed:
                              folder)
     _check_same(model, exported, example, "onnx")
     return Compressed(exported, "real")
+
+
+def onnx_int4(block_size: float) -> Callable[[nn.Module, Context], Compressed]:
+    """ONNX Runtime int4 weight-only: every MatMul with a constant weight becomes MatMulNBits."""
+    block = int(block_size)
+    if block != block_size or block < 16 or block & (block - 1):
+        raise ValueError(f"onnx_int4: the block size must be a power of 2 >= 16, got "
+                         f"{block_size}")
+
+    def transform(model: nn.Module, ctx: Context) -> Compressed:
+        try:
+            from onnxruntime.quantization.matmul_nbits_quantizer import (
+                DefaultWeightOnlyQuantConfig,
+                MatMulNBitsQuantizer,
+            )
+        except ImportError as err:
+            raise Unsupported("onnx_int4 needs onnxruntime and onnx-ir: pip install "
+                              "onnxruntime onnx-ir") from err
+        import onnx
+
+        folder = tempfile.TemporaryDirectory(prefix="compress-onnx-int4-")
+        root = Path(folder.name)
+        fp32 = _export_onnx(model, _example(ctx, "onnx_int4"), root / "fp32.onnx")
+        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True,
+                                              accuracy_level=ACCURACY_LEVEL,
+                                              op_types_to_quantize=("MatMul", "Gather"))
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), algo_config=config)
+        quantizer.process()
+        if not any(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node):
+            raise Unsupported("onnx_int4: the exported graph has no MatMul with a constant "
+                              "weight to quantize (a Linear on 2-D inputs exports as Gemm)")
+        int4 = root / "model.onnx"
+        quantizer.model.save_model_to_file(str(int4), False)
+        fp32.unlink()
+        return Compressed(_onnx_runtime(int4, folder), "real",
+                          extras={"accuracy_level": ACCURACY_LEVEL})
+
+    transform.__doc__ = (f"ONNX Runtime int4 weight-only (MatMulNBits, symmetric, a scale per "
+                         f"{block} inputs; embeddings by GatherBlockQuantized), accuracy level "
+                         f"{ACCURACY_LEVEL}: activations quantized to int8 per block inside "
+                         "the kernel, int8 dot products.")
+    return transform
+
+
+# MatMulNBits' accuracy level, the least precision its activations may be computed in: 4 is
+# int8 (each block of activations quantized in the kernel, integer dot products on AVX2 and
+# AVX512-VNNI); 1 is fp32, which expands the 4-bit weights block by block instead.
+ACCURACY_LEVEL = 4
 
 
 def onnx_int8(model: nn.Module, ctx: Context) -> Compressed:
@@ -186,9 +240,7 @@ class OnnxRuntime:
         self.sessions = {}  # one per thread count
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        import numpy as np
-
-        outputs = self.session().run(None, {"input": x.detach().float().cpu().numpy()})
+        outputs = self.session().run(None, {"input": _array(x)})
         return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outputs)
 
     def session(self):
@@ -212,7 +264,7 @@ class OnnxRuntime:
         """The op type of every node ONNX Runtime ran on `x`, from its profiler: after its
         graph optimizations (a QDQ pair around a Conv runs as one QLinearConv)."""
         session = self._new_session(torch.get_num_threads(), profile=True)
-        session.run(None, {"input": x.detach().float().cpu().numpy()})
+        session.run(None, {"input": _array(x)})
         trace = Path(session.end_profiling())
         events = json.loads(trace.read_text())
         trace.unlink()
@@ -220,10 +272,43 @@ class OnnxRuntime:
                        and e.get("name", "").endswith("_kernel_time"))
 
 
+def _array(x: torch.Tensor):
+    """The input as ONNX Runtime takes it: float32 images, token ids as they are."""
+    x = x.detach().cpu()
+    return (x.float() if x.is_floating_point() else x).numpy()
+
+
 def _onnx_runtime(path: Path, folder) -> Exported:
     import onnx
     from onnx import numpy_helper
 
-    weights = [torch.from_numpy(numpy_helper.to_array(t).copy())
-               for t in onnx.load(str(path)).graph.initializer]
+    graph = onnx.load(str(path)).graph
+    packed = _packed_weights(graph)
+    weights = [packed.get(t.name) or torch.from_numpy(numpy_helper.to_array(t).copy())
+               for t in graph.initializer]
     return Exported(path, OnnxRuntime(path), weights, folder)
+
+
+def _packed_weights(graph) -> dict[str, StoredTensor]:
+    """The initializers of ONNX Runtime's 4-bit nodes, two weights a byte: MatMulNBits' B
+    (N x K weights in uint8 blocks) and GatherBlockQuantized's data (int4, or uint8 pairs)."""
+    import onnx
+
+    initializers = {t.name: t for t in graph.initializer}
+    out = {}
+    for node in graph.node:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attributes.get("bits", 4) != 4 or node.op_type not in ("MatMulNBits",
+                                                                    "GatherBlockQuantized"):
+            continue
+        name = node.input[1] if node.op_type == "MatMulNBits" else node.input[0]
+        stored = initializers.get(name)
+        if stored is None:
+            continue
+        elements = int(np.prod(stored.dims))
+        if stored.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            params, nbytes = elements, (elements + 1) // 2
+        else:  # uint8 bytes
+            params, nbytes = 2 * elements, elements
+        out[name] = StoredTensor(params, params, nbytes, "int4")
+    return out
