@@ -98,3 +98,48 @@ def test_a_ledger_that_evaluated_something_else_fails(ledger_and_baselines, caps
     assert compare.main([str(ledger), "--baselines", str(baselines)]) == 1
     assert "w: this run evaluated 10,000 images (9000 samples, fingerprint fedcba9876543210)" \
         in capsys.readouterr().out
+
+
+def test_a_lock_that_only_gained_packages_leaves_its_baselines_fresh(ledger_and_baselines,
+                                                                     capsys, monkeypatch,
+                                                                     tmp_path):
+    """A baseline blessed on lock-0, whose pins were kept: the run's lock adds a package (not
+    stale), then moves one the baseline was measured with (stale, naming it)."""
+    from benchmarks.harness import verdict
+
+    ledger, baselines = ledger_and_baselines
+    path = baselines / "cpu-test" / "w.json"
+    data = json.loads(path.read_text())
+    data["provenance"]["stack_lock"] = "lock-0"
+    path.write_text(json.dumps(data))
+    (baselines / "locks").mkdir()
+    (baselines / "locks" / "lock-0.txt").write_text("numpy==2.4.6\ntorch==2.14.1\n")
+    lock = tmp_path / "stack.lock"
+    monkeypatch.setattr(verdict, "LOCK", lock)
+
+    lock.write_text("numpy==2.4.6\ntorch==2.14.1\nopenvino==2026.4.1\n")
+    assert compare.main([str(ledger), "--baselines", str(baselines)]) == 0
+    assert "is stale" not in capsys.readouterr().out
+
+    lock.write_text("numpy==2.5.0\ntorch==2.14.1\nopenvino==2026.4.1\n")
+    assert compare.main([str(ledger), "--baselines", str(baselines)]) == 0  # reported only
+    assert (f"baseline {path} is stale: blessed on stack.lock lock-0, on which numpy was "
+            "2.4.6 (now 2.5.0); re-bless") in capsys.readouterr().out
+
+
+def test_bless_keeps_the_pins_of_the_lock_it_blessed_on(tmp_path, monkeypatch):
+    from benchmarks.harness import verdict
+    from benchmarks.harness.provenance import pins_digest
+
+    lock = tmp_path / "stack.lock"
+    lock.write_text("numpy==2.4.6  # via torch\ntorch==2.14.1\n")
+    monkeypatch.setattr(verdict, "LOCK", lock)
+    digest = pins_digest({"numpy": "2.4.6", "torch": "2.14.1"})
+    record = sampled_record(lost=30)
+    record.provenance["stack_lock"] = digest
+    bless([record], WORKLOADS, "cpu-test", tmp_path / "baselines")
+    assert (tmp_path / "baselines" / "locks" / f"{digest}.txt").read_text() == \
+        "numpy==2.4.6\ntorch==2.14.1\n"
+    record.provenance["stack_lock"] = "another"  # not the lock this tree holds: nothing kept
+    bless([record], WORKLOADS, "cpu-test", tmp_path / "other")
+    assert not (tmp_path / "other" / "locks").exists()

@@ -95,7 +95,7 @@ def stack() -> dict:
     if not LOCK.exists():
         return {"stack_lock": "none"}
     pins = locked_versions(LOCK)
-    digest = hashlib.sha256("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())).encode())
+    digest = pins_digest(pins)
     drift = []
     for name, version in sorted(pins.items()):
         try:
@@ -104,7 +104,13 @@ def stack() -> dict:
             installed = "not installed"
         if installed.split("+", 1)[0] != version.split("+", 1)[0]:  # torch adds +cu130
             drift.append(f"{name} {installed} (locked {version})")
-    return {"stack_lock": digest.hexdigest()[:12], **({"stack_drift": drift} if drift else {})}
+    return {"stack_lock": digest, **({"stack_drift": drift} if drift else {})}
+
+
+def pins_digest(pins: dict[str, str]) -> str:
+    """The short digest that names a lock: of its sorted `name==version` pins."""
+    text = "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # The libraries whose version changes what a cell measures, recorded by name for the reader.

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.harness.provenance import LIBRARIES, LOCK, locked_versions, stack
+from benchmarks.harness.provenance import (
+    CPU_CLASSES,
+    LIBRARIES,
+    LOCK,
+    locked_versions,
+    pins_digest,
+)
 from benchmarks.harness.record import Record
 from benchmarks.harness.stats import Interval
 
@@ -386,13 +392,13 @@ def lock_copy(digest: str, root: Path = BASELINES) -> Path:
 def keep_lock(digest: str | None, root: Path = BASELINES) -> None:
     """Keep the pins of this tree's lock beside the baselines blessed on it, so that a later
     lock can tell what moved since (and what was only added)."""
-    if digest is None or digest != stack()["stack_lock"]:
-        return  # blessed on no lock, or not on this tree's (bless.py refuses those ledgers)
+    pins = locked_versions(LOCK)
+    if digest is None or digest != pins_digest(pins):
+        return  # blessed on no lock, or not on the one this tree holds now
     path = lock_copy(digest, root)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{name}=={version}\n"
-                                for name, version in sorted(locked_versions(LOCK).items())))
+        path.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
 
 
 def _unsound(record: Record) -> str:
