@@ -136,6 +136,19 @@ def test_baseline_falls_back_to_another_class_and_says_so(tmp_path):
     assert load_baseline("nothing", "cpu-x86_64-avx512", tmp_path) is None
 
 
+def test_the_fallback_is_the_nearest_class(tmp_path):
+    """An AMX CPU is judged against AVX512-VNNI's baselines before AVX2's, whatever the
+    folders' alphabetical order; another machine or device comes last."""
+    refs = {"w": {"reference": reference_entry("top1_pct", 91.0, True, "abc")}}
+    for hardware_class in ("cpu-x86_64-avx2", "cpu-x86_64-avx512vnni", "cuda-sm90"):
+        bless([make_record()], refs, hardware_class, tmp_path)
+    assert load_baseline("w", "cpu-x86_64-amx", tmp_path).hardware_class \
+        == "cpu-x86_64-avx512vnni"
+    assert load_baseline("w", "cpu-x86_64-avx2vnni", tmp_path).hardware_class \
+        == "cpu-x86_64-avx2"
+    assert load_baseline("w", "cuda-sm80", tmp_path).hardware_class == "cuda-sm90"
+
+
 def test_corrupt_baseline_is_a_clear_error(tmp_path):
     (tmp_path / "cpu-test").mkdir()
     (tmp_path / "cpu-test" / "w.json").write_text("{not json")

@@ -230,13 +230,29 @@ def baseline_path(hardware_class: str, workload: str, root: Path = BASELINES) ->
 
 def load_baseline(workload: str, hardware_class: str, root: Path = BASELINES
                   ) -> BaselineFile | None:
-    """The exact hardware class's file, else another class's (accuracy and size still apply
-    everywhere; the caller must not gate speedup on it)."""
+    """The exact hardware class's file, else the nearest other class's (accuracy and size
+    still apply everywhere; the caller must not gate speedup on it)."""
     exact = baseline_path(hardware_class, workload, root)
-    others = sorted(p for p in root.glob(f"*/{workload}.json") if p != exact)
+    others = sorted((p for p in root.glob(f"*/{workload}.json") if p != exact),
+                    key=lambda p: (class_distance(hardware_class, p.parent.name), p))
     for path in [exact, *others] if exact.exists() else others:
         return BaselineFile(path, path.parent.name, read_baseline(path))
     return None
+
+
+def class_distance(mine: str, other: str) -> tuple[int, int]:
+    """How far another hardware class is from this one: first whether it is another kind of
+    device or machine, then how many CPU feature classes apart (an AMX CPU is nearest to
+    AVX512-VNNI, whose int8 kernels and trained weights come closest)."""
+    def split(name: str) -> tuple[str, int | None]:  # cpu-x86_64-amx, cuda-sm90
+        kind, _, feature = name.rpartition("-")
+        ranks = [cls for _, cls in CPU_CLASSES]
+        return kind, ranks.index(feature) if feature in ranks else None
+
+    (my_kind, my_rank), (kind, rank) = split(mine), split(other)
+    if my_kind != kind:
+        return 1, 0
+    return 0, 0 if my_rank is None or rank is None else abs(my_rank - rank)
 
 
 class BaselineError(ValueError):
