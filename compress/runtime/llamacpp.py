@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,32 @@ def _libraries(ftype: str):
                           "llama-cpp-python gguf") from err
     _quiet(llama_cpp)
     return llama_cpp, gguf_py
+
+
+@contextmanager
+def _without_amx():
+    """Where llama.cpp was built with AMX kernels (a pip build on a CPU that has AMX), load
+    models without its extra weight buffers: its AMX matmul segfaults intermittently
+    (ggml-org/llama.cpp#20824, seen here on a Xeon with AMX). Llama() offers no switch for
+    `use_extra_bufts`, so its default model parameters are patched while it loads. This also
+    turns off llama.cpp's weight repacking on those CPUs; elsewhere nothing changes."""
+    from llama_cpp import llama_cpp as library
+
+    if b"AMX_INT8 = 1" not in library.llama_print_system_info():
+        yield
+        return
+    default = library.llama_model_default_params
+
+    def params():
+        out = default()
+        out.use_extra_bufts = False
+        return out
+
+    library.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        library.llama_model_default_params = default
 
 
 _ERROR, _CONTINUED = 4, 5  # ggml's log levels (ggml.h); the quantizer logs each tensor below
@@ -207,9 +234,11 @@ class LlamaCpp(nn.Module):
         n_threads = torch.get_num_threads()
         n_ctx = max(512, 1 << (tokens - 1).bit_length())
         if (n_threads, n_ctx) not in self._contexts:
-            self._contexts[n_threads, n_ctx] = Llama(
-                str(self.artifact), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                n_threads=n_threads, n_threads_batch=n_threads, logits_all=True, verbose=False)
+            with _without_amx():
+                self._contexts[n_threads, n_ctx] = Llama(
+                    str(self.artifact), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                    n_threads=n_threads, n_threads_batch=n_threads, logits_all=True,
+                    verbose=False)
         return self._contexts[n_threads, n_ctx]
 
     def _logits(self, ids: list[int], tokens: int):
