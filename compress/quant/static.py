@@ -41,7 +41,7 @@ def int8_static(model: nn.Module, ctx: Context) -> Compressed:
 
 
 def int8_pt2e(model: nn.Module, ctx: Context) -> Compressed:
-    """PT2E static int8, FX's successor: torch.export (batch dimension dynamic), torchao's
+    """PT2E static int8, FX's successor: torch.export (dynamic sizes), torchao's
     X86InductorQuantizer (per-channel weights, activations calibrated), then torch.compile with
     Inductor's freezing, which lowers the quantized patterns to oneDNN's int8 kernels
     (onednn::qconv_pointwise, onednn::qlinear_pointwise). Compiling takes seconds to minutes;
@@ -57,9 +57,13 @@ def int8_pt2e(model: nn.Module, ctx: Context) -> Compressed:
     except ImportError as err:
         raise Unsupported("int8_pt2e needs torchao: pip install torchao") from err
     example = ctx.example_input
-    batch = torch.export.Dim("batch", min=1)
+    # Every size the model allows to vary stays dynamic (the batch; the image size of a fully
+    # convolutional network scored on photos of any size), the rest is inferred as constant.
+    # Export takes a size of 1 for a constant, so a batch of one is traced as two.
+    traced = example if len(example) > 1 else example.expand(2, *example.shape[1:]).clone()
+    sizes = {dim: torch.export.Dim.AUTO for dim in range(traced.dim())}
     try:
-        exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},),
+        exported = torch.export.export(model, (traced,), dynamic_shapes=(sizes,),
                                        strict=False).module()
     except Exception as err:  # export's errors have no common base class
         raise Unsupported(f"int8_pt2e: torch.export cannot capture this model "
