@@ -188,8 +188,11 @@ class _Validation:
     """The validation images, preprocessed once, and ultralytics' validator to score them."""
 
     def __init__(self, yaml: Path, data: dict, imgsz: int):
+        # workers=0: the split is read once, in this process. Worker processes are forked from
+        # a process whose runtimes (OpenVINO, oneDNN, llama.cpp) have thread pools running,
+        # and a child forked mid-work segfaulted the bench on a Xeon.
         self.args = {"data": str(yaml), "imgsz": imgsz, "batch": EVAL_BATCH, "plots": False,
-                     "save_json": False, "verbose": False, "split": "val"}
+                     "save_json": False, "verbose": False, "split": "val", "workers": 0}
         self.data = data
         self.batches = self.load("val")
         self.images = torch.cat([b["img"] for b in self.batches])
