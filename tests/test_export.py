@@ -144,8 +144,9 @@ def test_int8_exports_need_calibration(name):
 
 
 class Tokens(nn.Module):
-    """A transformer's shape: an embedding of token ids, then Linear layers on (batch, tokens,
-    features), which export as MatMul (on 2-D inputs they export as Gemm)."""
+    """A sentence encoder's shape: an embedding of token ids, Linear layers on (batch, tokens,
+    features), which export as MatMul (on 2-D inputs they export as Gemm), and a normalized
+    output (ReduceL2, whose form changed in the opsets int4 needs)."""
 
     def __init__(self):
         super().__init__()
@@ -154,7 +155,7 @@ class Tokens(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 16))
 
     def forward(self, ids):
-        return self.mlp(self.embed(ids))
+        return nn.functional.normalize(self.mlp(self.embed(ids)), dim=-1)
 
 
 def test_onnx_int4_packs_matmul_weights_to_4_bits_and_runs_matmulnbits():

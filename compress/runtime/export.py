@@ -28,6 +28,7 @@ from compress.base import Compressed, Context, StoredTensor, Unsupported, relati
 from compress.kernels import profiled
 
 OPSET = 17
+INT4_OPSET = 21  # the first with int4 tensors
 
 
 class Exported(nn.Module):
@@ -97,6 +98,7 @@ def onnx_int4(block_size: float) -> Callable[[nn.Module, Context], Compressed]:
             raise Unsupported("onnx_int4 needs onnxruntime and onnx-ir: pip install "
                               "onnxruntime onnx-ir") from err
         import onnx
+        from onnx import version_converter
 
         folder = tempfile.TemporaryDirectory(prefix="compress-onnx-int4-")
         root = Path(folder.name)
@@ -104,7 +106,10 @@ def onnx_int4(block_size: float) -> Callable[[nn.Module, Context], Compressed]:
         config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True,
                                               accuracy_level=ACCURACY_LEVEL,
                                               op_types_to_quantize=("MatMul", "Gather"))
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), algo_config=config)
+        # int4 tensors need opset 21. Converted here, op by op (ReduceL2's axes became an
+        # input at 18); the quantizer would only relabel the graph's opset and leave it invalid.
+        graph = version_converter.convert_version(onnx.load(str(fp32)), INT4_OPSET)
+        quantizer = MatMulNBitsQuantizer(graph, algo_config=config)
         quantizer.process()
         if not any(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node):
             raise Unsupported("onnx_int4: the exported graph has no MatMul with a constant "
