@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compress import Context, get
+from compress import Context, Unsupported, get
 from compress.kernels import operators
 from compress.lowrank.svd import factorize_conv, factorize_linear, rank_for_energy
 from compress.prune.channels import output_layers
@@ -175,6 +175,26 @@ def test_int8_pt2e_runs_onednn_int8_kernels_close_to_fp32_and_stores_int8():
     stored = out.model.state_dict().values()
     assert sorted(t.numel() for t in stored if t.dtype == torch.int8) == [8 * 3 * 9, 4 * 288]
     assert not [t for t in stored if t.is_floating_point() and t.numel() >= 8 * 3 * 9]
+
+
+class BatchAsConstant(nn.Module):
+    """Adds a per-sample offset for exactly four samples: export must fix the batch at 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x) + torch.arange(4.0).view(4, 1, 1, 1)
+
+
+def test_int8_pt2e_refuses_a_model_that_fixes_its_batch_size():
+    """A graph exported for one batch size would fail on the evaluation's other batches."""
+    calibration = [torch.randn(4, 3, 6, 6)]
+    with pytest.raises(Unsupported, match="fixed the batch size at 4"):
+        get("int8_pt2e").apply(BatchAsConstant().eval(),
+                               Context(calibration=calibration, example_input=calibration[0]))
+
 
 # --- prune_l1 / prune_global -----------------------------------------------------------------
 

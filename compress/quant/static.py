@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.ao.quantization import get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from compress.base import Compressed, Context, Unsupported
 
@@ -63,11 +64,16 @@ def int8_pt2e(model: nn.Module, ctx: Context) -> Compressed:
     traced = example if len(example) > 1 else example.expand(2, *example.shape[1:]).clone()
     sizes = {dim: torch.export.Dim.AUTO for dim in range(traced.dim())}
     try:
-        exported = torch.export.export(model, (traced,), dynamic_shapes=(sizes,),
-                                       strict=False).module()
+        program = torch.export.export(model, (traced,), dynamic_shapes=(sizes,), strict=False)
     except Exception as err:  # export's errors have no common base class
         raise Unsupported(f"int8_pt2e: torch.export cannot capture this model "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    batch = _traced_input(program).shape[0]
+    if is_concrete_int(batch):  # the graph would refuse every other batch size
+        raise Unsupported(f"int8_pt2e: torch.export fixed the batch size at {batch} (the "
+                          "model's code uses it as a constant), so the quantized graph runs "
+                          "at that batch only")
+    exported = program.module()
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(exported, quantizer)
@@ -84,6 +90,14 @@ def int8_pt2e(model: nn.Module, ctx: Context) -> Compressed:
         raise Unsupported(f"int8_pt2e: Inductor cannot compile this quantized model "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
     return Compressed(compiled, "real")
+
+
+def _traced_input(program: torch.export.ExportedProgram) -> torch.Tensor:
+    """The fake tensor export traced the model's input as: a size it specialized is a
+    concrete int (or a SymInt of a constant), one it kept dynamic a symbol."""
+    user_input = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == user_input)
+    return node.meta["val"]
 
 
 def _without_unused_tensors(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
