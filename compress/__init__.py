@@ -50,6 +50,8 @@ _REGISTRY: dict[str, _Entry] = {
     "int4_weight": _Entry("quantization", (), weight_only.int4_weight, "group"),
     "int4_bf16": _Entry("quantization", ("cpu",), weight_only.int4_bf16, "group",
                         kernel=r"^aten::_weight_int4pack_mm_for_cpu$"),
+    "int8_bf16": _Entry("quantization", ("cpu",), weight_only.int8_bf16,
+                        kernel=r"^aten::_weight_int8pack_mm$"),
     "bnb_int8": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("int8"), kernel=_BNB_INT8),
     "bnb_nf4": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("nf4"), kernel=_BNB_4BIT),
     "bnb_fp4": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("fp4"), kernel=_BNB_4BIT),

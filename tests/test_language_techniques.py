@@ -104,7 +104,8 @@ def test_int4_weight_refuses_a_group_that_does_not_divide_the_inputs():
 
 def test_weight_only_keeps_an_llm_close_and_shrinks_it():
     model, ids = tiny_llama(), tokens()
-    for name, bound in (("int8_weight", 0.02), ("int4_weight@32", 0.2), ("int4_bf16@32", 0.2)):
+    for name, bound in (("int8_weight", 0.02), ("int4_weight@32", 0.2), ("int4_bf16@32", 0.2),
+                        ("int8_bf16", 0.05)):
         out = get(name).apply(model)
         assert rel_err(logits(out.model, ids), logits(model, ids)) < bound, name
         assert artifact_size(out.model).size_bytes < artifact_size(model).size_bytes, name
@@ -129,6 +130,24 @@ def test_int4_bf16_packs_weights_to_a_4_bit_grid_per_group_and_runs_the_int4_ker
     assert (error <= step / 2 + grouped.abs().amax(-1, keepdim=True) / 64).all()
     ran = operators(out.model, torch.ones(1, 128, dtype=torch.bfloat16))
     assert ran["aten::_weight_int4pack_mm_for_cpu"] == 1
+
+
+def test_int8_bf16_rounds_each_row_to_its_own_int8_grid_and_runs_the_int8_kernel():
+    """255 levels per output channel (symmetric): an int8 weight is within half a step of the
+    bf16 weight, and under torch.compile the matmul is Inductor's aten::_weight_int8pack_mm,
+    not a float matmul of a converted weight."""
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(64, 16, bias=False))
+    w = layer[0].weight.detach().to(torch.bfloat16).float()
+    out = get("int8_bf16").apply(layer)
+    assert out.execution == "real" and out.input_dtype == torch.bfloat16
+    with torch.inference_mode():
+        effective = out.model(torch.eye(64, dtype=torch.bfloat16)).float().T
+    largest = w.abs().amax(1, keepdim=True)
+    # Half a step, plus bf16 rounding of the scale and of the output (8 bits of mantissa).
+    assert ((effective - w).abs() <= largest / 127 / 2 + largest / 64).all()
+    ran = operators(out.model, torch.ones(3, 64, dtype=torch.bfloat16))
+    assert ran["aten::_weight_int8pack_mm"] and not ran["aten::mm"]
 
 
 def test_int4_bf16_refuses_a_group_its_kernel_has_no_layout_for():

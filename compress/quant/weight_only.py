@@ -2,11 +2,12 @@
 
 Activations stay in float; the weights are stored as integers with per-channel (int8) or
 per-group (int4) scales. In eager mode torchao expands each weight back to float on every call
-and multiplies in float (aten::mm; the profiler shows no integer kernel), so these cells are
-*simulated*: their size is real, their speed is that of a float model with an extra copy.
-On the CPU, IntxWeightOnlyConfig keeps each 4-bit value in an int8 byte, so the artifact is
-int8's size: the benchmark reports that as measured rather than the 4-bit size it could be
-packed to.
+and multiplies in float (aten::mm; the profiler shows no integer kernel), so `int8_weight` and
+`int4_weight` are *simulated*: their size is real, their speed is that of a float model with an
+extra copy. On the CPU, IntxWeightOnlyConfig keeps each 4-bit value in an int8 byte, so the
+artifact is int8's size: the benchmark reports that as measured rather than the 4-bit size it
+could be packed to. The real CPU kernels want bf16 activations: `int4_bf16` (torchao's packed
+int4 layout) and `int8_bf16` (Inductor's int8 weight-only matmul, under torch.compile).
 """
 
 from __future__ import annotations
@@ -99,3 +100,21 @@ def int4_bf16(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
                          "inputs, packed for torchao's CPU kernel (aten::_weight_int4pack_mm_"
                          "for_cpu, vectorized for bf16 activations); every other tensor bf16.")
     return transform
+
+
+def int8_bf16(model: nn.Module, ctx: Context) -> Compressed:
+    """int8 weights with one bf16 scale per output channel (torchao Int8WeightOnlyConfig), the
+    model and its activations in bf16, run under torch.compile: Inductor replaces torchao's
+    "convert the weight, multiply, scale" with aten::_weight_int8pack_mm, which reads the
+    int8 weight as it multiplies (its pattern wants bf16 activations and scales)."""
+    if ctx.device != "cpu":
+        raise Unsupported("int8_bf16: Inductor's int8 weight-only matmul is a CPU kernel here")
+    tq = _torchao()
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise Unsupported("int8_bf16: the model has no nn.Linear layer")
+    model = model.to(torch.bfloat16)
+    # set_inductor_config would change Inductor's settings for the whole process (every later
+    # compile in the run); its defaults lower this pattern already.
+    tq.quantize_(model, tq.Int8WeightOnlyConfig(set_inductor_config=False))
+    model.compile(dynamic=True)  # in place: the model keeps its methods (generate, say)
+    return Compressed(model, "real", input_dtype=torch.bfloat16)
