@@ -128,6 +128,55 @@ def test_bless_keeps_cells_it_did_not_measure(tmp_path):
     assert any("w-int8_static: accuracy_drop 1.0 -> 2.0" in line for line in lines)
 
 
+def test_a_cell_blessed_on_one_class_awaits_its_bless_on_the_others(tmp_path):
+    """Blessing a new cell on one class notes it in the other locked classes' files; their
+    bench fails it with the way out, and their own bless of it clears the note."""
+    refs = {"w": {"reference": reference_entry("top1_pct", 91.0, True, "abc")}}
+    bless([make_record("int8_static")], refs, "cpu-a", tmp_path)
+    bless([make_record("int8_static")], refs, "cpu-b", tmp_path)
+    lines = bless([make_record("int8_static"), make_record("fp16")], refs, "cpu-a", tmp_path)
+    other = tmp_path / "cpu-b" / "w.json"
+    assert f"{other}: awaiting a bless on its class: fp16" in lines
+    found = load_baseline("w", "cpu-b", tmp_path)
+    assert found.awaiting("fp16").startswith("blessed on cpu-a")
+    [check] = judge(make_record("fp16"), found.cell("fp16"), speed_gated=True,
+                    awaiting=found.awaiting("fp16"))
+    assert check.status == "fail"
+    assert "no baseline on this class yet (blessed on cpu-a" in check.message
+    assert "nox -s baselines -- -k w-fp16" in check.message
+
+    bless([make_record("fp16")], refs, "cpu-b", tmp_path)
+    data = json.loads(other.read_text())
+    assert "awaiting_bless" not in data and set(data["cells"]) == {"int8_static", "fp16"}
+
+
+def test_a_class_blessed_before_the_lock_is_not_asked_to_await(tmp_path):
+    refs = {"w": {"reference": reference_entry("top1_pct", 91.0, True, "abc")}}
+    old = make_record("int8_static")
+    old.provenance = {**old.provenance, "stack_lock": "none"}
+    bless([old], refs, "cpu-old", tmp_path)
+    bless([make_record("fp16")], refs, "cpu-a", tmp_path)
+    assert "awaiting_bless" not in json.loads((tmp_path / "cpu-old" / "w.json").read_text())
+
+
+def test_blessing_only_cells_that_skip_records_why(tmp_path):
+    """`nox -s baselines -- -k <cell>` on a cell that cannot run here: its reason goes into
+    the file, and a baseline it had goes out, the other cells untouched."""
+    refs = {"w": {"reference": reference_entry("top1_pct", 91.0, True, "abc")}}
+    bless([make_record("int8_static"), make_record("fp16")], refs, "cpu-test", tmp_path)
+    lines = bless([], {"w": {"skipped": {"fp16": "no fp16 here"}}}, "cpu-test", tmp_path)
+    data = json.loads((tmp_path / "cpu-test" / "w.json").read_text())
+    assert set(data["cells"]) == {"int8_static"} and data["skipped"] == {"fp16": "no fp16 here"}
+    assert "w-fp16: cannot run here any more, its baseline was dropped (no fp16 here)" in lines
+    bless([make_record("int8_static")], refs, "cpu-other", tmp_path)
+    bless([], {"w": {"skipped": {"int4": "no int4 kernel"}}}, "cpu-test", tmp_path)
+    awaiting = json.loads((tmp_path / "cpu-other" / "w.json").read_text())["awaiting_bless"]
+    assert awaiting == {"int4": "skipped on cpu-test, not yet tried on this class"}
+    assert bless([], {"v": {"skipped": {"fp16": "no"}}}, "cpu-test", tmp_path)[0].endswith(
+        "not written: no cell of v was measured, and a baseline file starts from a measured "
+        "one (skipped here: fp16)")
+
+
 def test_baseline_falls_back_to_another_class_and_says_so(tmp_path):
     refs = {"w": {"reference": reference_entry("top1_pct", 91.0, True, "abc")}}
     bless([make_record()], refs, "cpu-x86_64-avx2", tmp_path)

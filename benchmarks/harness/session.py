@@ -108,7 +108,8 @@ class BenchRun:
         except BaselineError as err:
             return self._baseline_unusable(record.cell, err)
         cell = found.cell(record.technique) if found else None
-        checks = judge(record, cell, speed_gated=speed_gated, speed_note=note)
+        checks = judge(record, cell, speed_gated=speed_gated, speed_note=note,
+                       awaiting=found.awaiting(record.technique) if found else None)
         evaluation = judge_evaluation(record.cell, record.workload,
                                       self.evaluation(record.workload), found)
         if evaluation is not None:
@@ -161,13 +162,13 @@ class BenchRun:
 
     def finish(self) -> list[str]:
         """Write the reports (and, when asked, the baselines); return lines to print."""
-        if not self.records:
-            return []
         lines = [check.message for cell, checks in self.checks.items() for check in checks
                  if cell.endswith(("-reference", "-baseline")) or check.status == "skipped"]
-        if self.update_baselines:
+        if self.update_baselines:  # a bless of only cells that skip still records why
             lines += bless(self.records, self.workload_entries, self.hardware_class,
                            self.baselines_root)
+        if not self.records:
+            return lines
         self.report_dir.mkdir(parents=True, exist_ok=True)
         run = self.run_info()
         report.write_ledger(self.report_dir / "ledger.json", self.records, self.checks, run,

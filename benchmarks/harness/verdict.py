@@ -127,16 +127,18 @@ def baseline_entry(record: Record, calibration: dict | None = None) -> dict:
 
 
 def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
-          speed_note: str = "") -> list[Check]:
-    """The verdict of every gated metric of one cell against its baseline entry."""
+          speed_note: str = "", awaiting: str | None = None) -> list[Check]:
+    """The verdict of every gated metric of one cell against its baseline entry (`awaiting`:
+    why there is none yet on this class)."""
     cell = record.cell
     checks = [Check(cell, "self_check", "fail", math.nan,
                     f"{cell}: benchmark self-check failed: {problem}")
               for problem in getattr(record, "self_check_problems", ())]
     if cell_baseline is None:
+        why = f" on this class yet ({awaiting})" if awaiting else " for this cell"
         return [*checks, Check(cell, "baseline", "fail", math.nan,
-                               f"{cell}: no baseline for this cell; bless one with "
-                               "`nox -s baselines` and review the diff")]
+                               f"{cell}: no baseline{why}; bless one with "
+                               f"`nox -s baselines -- -k {cell}` and review the diff")]
     intervals = {"accuracy_drop": record.drop_interval, **record.speedup_intervals}
     for metric, measured in record.gated().items():
         stored = cell_baseline.get(metric)
@@ -219,6 +221,10 @@ class BaselineFile:
     def cell(self, technique: str) -> dict | None:
         return self.data.get("cells", {}).get(technique)
 
+    def awaiting(self, technique: str) -> str | None:
+        """Why a cell in scope has no baseline here yet: blessed on another class only."""
+        return self.data.get("awaiting_bless", {}).get(technique)
+
     @property
     def reference(self) -> dict | None:
         return self.data.get("reference")
@@ -297,6 +303,10 @@ def _baseline_problem(data: dict, workload: str) -> tuple[str, str] | None:
     cells = data.get("cells")
     if not isinstance(cells, dict):
         return "cells", "is not an object of techniques"
+    for key in ("skipped", "awaiting_bless"):
+        notes = data.get(key, {})
+        if not isinstance(notes, dict) or not all(isinstance(v, str) for v in notes.values()):
+            return key, "is not an object of techniques and reasons"
     for technique, entry in cells.items():
         if not isinstance(entry, dict):
             return f"cells.{technique}", "is not an object of gates"
@@ -358,6 +368,9 @@ def bless(records: list[Record], workloads: dict[str, dict], hardware_class: str
             lines.append(f"refused {record.cell}: {problem}")
         else:
             by_workload.setdefault(record.workload, []).append(record)
+    for workload, entry in sorted(workloads.items()):
+        if workload not in by_workload and entry.get("skipped"):
+            lines += _bless_skips(workload, entry["skipped"], hardware_class, root)
     for workload, recs in sorted(by_workload.items()):
         path = baseline_path(hardware_class, workload, root)
         old = json.loads(path.read_text()) if path.exists() else {}
@@ -375,8 +388,10 @@ def bless(records: list[Record], workloads: dict[str, dict], hardware_class: str
                 lines.append(f"{workload}-{technique}: cannot run here any more, its baseline "
                              f"was dropped ({skipped[technique]})")
                 del cells[technique]
+        awaiting = dict(old.get("awaiting_bless", {}))
         for record in recs:
             skipped.pop(record.technique, None)
+            awaiting.pop(record.technique, None)
             before = cells.get(record.technique)
             # The calibrated between-run spread is relative, so it outlives a new value.
             new = baseline_entry(record, (before or {}).get("calibration"))
@@ -392,11 +407,68 @@ def bless(records: list[Record], workloads: dict[str, dict], hardware_class: str
             "provenance": recs[0].provenance,
             "cells": dict(sorted(cells.items())),
             **({"skipped": dict(sorted(skipped.items()))} if skipped else {}),
+            **({"awaiting_bless": dict(sorted(awaiting.items()))} if awaiting else {}),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2) + "\n")
         lines.append(f"wrote {path} ({len(recs)} cells measured, {len(cells)} in file)")
         keep_lock(recs[0].provenance.get("stack_lock"), root)
+        tried = {**{t: "skipped" for t in skipped}, **{r.technique: "blessed" for r in recs}}
+        lines += _note_awaiting(workload, tried, hardware_class,
+                                recs[0].provenance.get("git_sha"), root)
+    return lines
+
+
+def _bless_skips(workload: str, skipped: dict[str, str], hardware_class: str,
+                 root: Path) -> list[str]:
+    """A bless that measured none of a workload's cells, only found some that cannot run
+    here: the reasons go into its file (and a baseline of a cell that now skips goes out)."""
+    path = baseline_path(hardware_class, workload, root)
+    if not path.exists():
+        return [f"{path}: not written: no cell of {workload} was measured, and a baseline file "
+                f"starts from a measured one (skipped here: {', '.join(sorted(skipped))})"]
+    data = json.loads(path.read_text())
+    lines = []
+    for technique in sorted(set(skipped) & set(data["cells"])):
+        lines.append(f"{workload}-{technique}: cannot run here any more, its baseline was "
+                     f"dropped ({skipped[technique]})")
+        del data["cells"][technique]
+    awaiting = {t: why for t, why in data.get("awaiting_bless", {}).items() if t not in skipped}
+    data = {k: v for k, v in data.items() if k != "awaiting_bless"}
+    data["skipped"] = dict(sorted({**data.get("skipped", {}), **skipped}.items()))
+    if awaiting:
+        data["awaiting_bless"] = awaiting
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    lines.append(f"wrote {path} ({len(skipped)} cells skipped here, none measured)")
+    return lines + _note_awaiting(workload, dict.fromkeys(skipped, "skipped"), hardware_class,
+                                  None, root)
+
+
+def _note_awaiting(workload: str, tried: dict[str, str], blessed_on: str, commit: str | None,
+                   root: Path) -> list[str]:
+    """Cells tried on one class (`tried`: technique -> "blessed" or "skipped") and not yet on
+    the others blessed on a lock: say so in those classes' files, which must cover their
+    scope, so that the debt is on record (and their bench fails a cell with no baseline with
+    the way out) until someone blesses them there."""
+    lines = []
+    for path in sorted(root.glob(f"*/{workload}.json")):
+        if path.parent.name == blessed_on:
+            continue
+        data = json.loads(path.read_text())
+        if data.get("provenance", {}).get("stack_lock") in (None, "none"):
+            continue  # blessed before the lock: stale as a whole, not asked to cover its scope
+        known = {*data.get("cells", {}), *data.get("skipped", {}),
+                 *data.get("awaiting_bless", {})}
+        new = [t for t in tried if t not in known]
+        if not new:
+            continue
+        at = f" at commit {commit[:12]}" if commit else ""
+        data["awaiting_bless"] = dict(sorted({
+            **data.get("awaiting_bless", {}),
+            **{t: f"{tried[t]} on {blessed_on}{at}, not yet tried on this class"
+               for t in new}}.items()))
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        lines.append(f"{path}: awaiting a bless on its class: {', '.join(new)}")
     return lines
 
 
