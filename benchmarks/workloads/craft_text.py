@@ -39,6 +39,7 @@ FAMILY = "detection"
 CELLS = {
     "int8_dynamic": "full",  # skips: CRAFT has no Linear layer (EasyOCR's default does nothing)
     "int8_static": "pr",
+    "int8_pt2e": "full",  # FX's successor: PT2E, X86InductorQuantizer, torch.compile
     # No fp16 cell: without fp16 math on the CPU, torch runs each of CRAFT's convolutions in
     # float16 by converting per op, and one evaluation had not finished after 15 minutes here.
     "bf16": "full",

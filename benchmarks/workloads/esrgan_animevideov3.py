@@ -16,6 +16,7 @@ FAMILY = "generative"
 CELLS = {
     "int8_dynamic": "full",  # skips: no Linear layer
     "int8_static": "pr",
+    "int8_pt2e": "full",  # FX's successor: PT2E, X86InductorQuantizer, torch.compile
     "fp16": "full",
     "bf16": "full",
     "prune_l1@0.5": "full",

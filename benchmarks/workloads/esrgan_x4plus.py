@@ -16,6 +16,7 @@ NAME = "esrgan-x4plus"
 FAMILY = "generative"
 CELLS = {
     "int8_static": "full",
+    "int8_pt2e": "full",  # FX's successor: PT2E, X86InductorQuantizer, torch.compile
     "bf16": "full",
     "prune_global@0.5": "full",
     "svd@0.9": "full",

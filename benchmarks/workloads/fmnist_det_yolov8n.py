@@ -42,6 +42,7 @@ FAMILY = "detection"
 CELLS = {
     "int8_dynamic": "full",  # skips: YOLO has no Linear layer
     "int8_static": "full",  # skips: FX cannot trace ultralytics' forward (onnx_int8 is int8)
+    "int8_pt2e": "full",  # FX's successor: PT2E, X86InductorQuantizer, torch.compile
     "fp16": "full",
     "bf16": "full",
     "prune_l1@0.5": "full",

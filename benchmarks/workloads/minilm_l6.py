@@ -38,6 +38,9 @@ CELLS = {
     "int8_weight": "full",
     "int4_weight@32": "full",
     "int4_bf16@32": "full",  # torchao's int4 CPU kernel (bf16 activations)
+    "int8_bf16": "full",  # int8 weight-only under torch.compile (Inductor's int8 matmul)
+    "onnx": "full",
+    "onnx_int4@32": "full",  # ONNX Runtime's MatMulNBits, int8 compute (accuracy level 4)
     "bf16": "full",
     "fp16": "full",
     "bnb_int8": "full",

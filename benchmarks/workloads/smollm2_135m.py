@@ -41,6 +41,7 @@ CELLS = {
     "int4_weight@64": "full",  # 576 inputs: 64 divides them, 128 does not
     "int4_bf16@32": "full",  # torchao's int4 CPU kernel (bf16 activations)
     "int4_bf16@64": "full",
+    "int8_bf16": "full",  # int8 weight-only under torch.compile (Inductor's int8 matmul)
     "bf16": "full",
     "fp16": "full",
     "bnb_int8": "full",
