@@ -383,11 +383,7 @@ def bless(records: list[Record], workloads: dict[str, dict], hardware_class: str
                 lines.append(f"{path}: the evaluation changed, so cells blessed on the old one "
                              f"were dropped: {', '.join(dropped)} (bless them again)")
         skipped = {**old.get("skipped", {}), **workloads[workload].get("skipped", {})}
-        for technique in set(skipped) & set(cells):
-            if technique in workloads[workload].get("skipped", {}):
-                lines.append(f"{workload}-{technique}: cannot run here any more, its baseline "
-                             f"was dropped ({skipped[technique]})")
-                del cells[technique]
+        lines += _drop_skipped(workload, cells, workloads[workload].get("skipped", {}))
         awaiting = dict(old.get("awaiting_bless", {}))
         for record in recs:
             skipped.pop(record.technique, None)
@@ -419,6 +415,16 @@ def bless(records: list[Record], workloads: dict[str, dict], hardware_class: str
     return lines
 
 
+def _drop_skipped(workload: str, cells: dict, skipped: dict[str, str]) -> list[str]:
+    """A cell this bless found cannot run here any more loses its baseline, and says why."""
+    lines = []
+    for technique in sorted(set(skipped) & set(cells)):
+        lines.append(f"{workload}-{technique}: cannot run here any more, its baseline was "
+                     f"dropped ({skipped[technique]})")
+        del cells[technique]
+    return lines
+
+
 def _bless_skips(workload: str, skipped: dict[str, str], hardware_class: str,
                  root: Path) -> list[str]:
     """A bless that measured none of a workload's cells, only found some that cannot run
@@ -428,11 +434,7 @@ def _bless_skips(workload: str, skipped: dict[str, str], hardware_class: str,
         return [f"{path}: not written: no cell of {workload} was measured, and a baseline file "
                 f"starts from a measured one (skipped here: {', '.join(sorted(skipped))})"]
     data = json.loads(path.read_text())
-    lines = []
-    for technique in sorted(set(skipped) & set(data["cells"])):
-        lines.append(f"{workload}-{technique}: cannot run here any more, its baseline was "
-                     f"dropped ({skipped[technique]})")
-        del data["cells"][technique]
+    lines = _drop_skipped(workload, data["cells"], skipped)
     awaiting = {t: why for t, why in data.get("awaiting_bless", {}).items() if t not in skipped}
     data = {k: v for k, v in data.items() if k != "awaiting_bless"}
     data["skipped"] = dict(sorted({**data.get("skipped", {}), **skipped}.items()))
