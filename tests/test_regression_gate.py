@@ -12,6 +12,7 @@ from torch.ao.quantization import QConfig, QConfigMapping
 from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
 
 import compress
+from benchmarks.harness import selfcheck
 from benchmarks.harness.cell import measure_reference, run_cell
 from benchmarks.harness.provenance import hardware_class
 from benchmarks.harness.verdict import judge, load_baseline
@@ -35,6 +36,9 @@ def judged(cnn, technique: str):
     record, _ = run_cell(workload, reference, technique, device="cpu", n_threads=1)
     # Speed is not what these bugs break; judging it here would only add timing noise (and a
     # 95 %-zero model does run a little faster on dense kernels: see SIMULATED_SPEEDUP_LIMIT).
+    # So are the timing self-checks: a compile worker of an earlier test can slow a first round.
+    noise = set(selfcheck.timing_problems(record.timing))
+    record.self_check_problems = [p for p in record.self_check_problems if p not in noise]
     checks = judge(record, baseline.cell(technique), speed_gated=False)
     return record, [c for c in checks if c.metric != "speedup"]
 
@@ -67,6 +71,7 @@ def test_pruning_95_instead_of_50_fails_the_gate(cnn, monkeypatch):
         entry, make=lambda _sparsity: magnitude.prune_l1(0.95)))
     record, checks = judged(cnn, "prune_l1@0.5")
     assert record.compressed_size.nonzeros < 0.1 * record.reference_size.nonzeros
+    assert [c.message for c in checks if c.failed and c.metric != "accuracy_drop"] == []
     assert [c.metric for c in checks if c.failed] == ["accuracy_drop"]
 
 
