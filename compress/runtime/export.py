@@ -5,7 +5,8 @@
 - `onnx_int8`: that ONNX file quantized by ONNX Runtime's static int8 quantization (QDQ,
   per-channel int8 weights, int8 activations calibrated on the calibration batches);
 - `onnx_int4@b`: that ONNX file with 4-bit weights (MatMulNBits, a scale per `b` inputs), for
-  transformers: their Linear layers export as MatMul.
+  transformers: their Linear layers export as MatMul. A causal LM is exported with its KV cache
+  by ONNX Runtime GenAI's builder instead (`ort_causal_lm.py`), as it is deployed.
 
 The artifact is the exported file itself (`Exported.artifact`), so its size is what ships.
 ONNX Runtime sessions run on as many threads as torch is set to when they are called, so a
@@ -26,6 +27,7 @@ from torch import nn
 
 from compress.base import Compressed, Context, StoredTensor, Unsupported, relative_difference
 from compress.kernels import profiled
+from compress.runtime.ort_causal_lm import build_int4, is_causal_lm
 
 OPSET = 17
 INT4_OPSET = 21  # the first with int4 tensors
@@ -38,11 +40,7 @@ class Exported(nn.Module):
                  tensors: list[torch.Tensor | StoredTensor], folder):
         super().__init__()
         self.artifact = artifact  # the file that ships
-        # The weights inside it: float and 8-bit tensors (integer ones are shapes and indices),
-        # or what the runtime says a packed one holds.
-        self.stored = [t if isinstance(t, StoredTensor) else StoredTensor.of(t) for t in tensors
-                       if isinstance(t, StoredTensor) or t.is_floating_point()
-                       or t.dtype in (torch.int8, torch.uint8)]
+        self.stored = weights(tensors)
         self._run = run
         self._folder = folder  # keeps the temporary folder (and the file) alive
 
@@ -54,6 +52,14 @@ class Exported(nn.Module):
         """What one call ran, in the runtime's own words where it keeps an account."""
         own = getattr(self._run, "operators", None)
         return own(x) if own else profiled(lambda: self(x))
+
+
+def weights(tensors: list[torch.Tensor | StoredTensor]) -> list[StoredTensor]:
+    """The weights among a file's tensors: float and 8-bit ones (integer ones are shapes and
+    indices), and what the runtime says a packed one holds."""
+    return [t if isinstance(t, StoredTensor) else StoredTensor.of(t) for t in tensors
+            if isinstance(t, StoredTensor) or t.is_floating_point()
+            or t.dtype in (torch.int8, torch.uint8)]
 
 
 def torchscript(model: nn.Module, ctx: Context) -> Compressed:
@@ -100,6 +106,8 @@ def onnx_int4(block_size: float) -> Callable[[nn.Module, Context], Compressed]:
         import onnx
         from onnx import version_converter
 
+        if is_causal_lm(model):  # exported with its KV cache, as it is deployed
+            return build_int4(model, ctx, block, ACCURACY_LEVEL)
         folder = tempfile.TemporaryDirectory(prefix="compress-onnx-int4-")
         root = Path(folder.name)
         fp32 = _export_onnx(model, _example(ctx, "onnx_int4"), root / "fp32.onnx")
@@ -251,30 +259,36 @@ class OnnxRuntime:
     def session(self):
         n = torch.get_num_threads()
         if n not in self.sessions:
-            self.sessions[n] = self._new_session(n)
+            self.sessions[n] = ort_session(self.path, n)
         return self.sessions[n]
 
-    def _new_session(self, n_threads: int, profile: bool = False):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = n_threads, 1
-        options.log_severity_level = 3  # errors only
-        if profile:
-            options.enable_profiling = True
-            options.profile_file_prefix = str(self.path.with_name("profile"))
-        return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-
     def operators(self, x: torch.Tensor) -> Counter[str]:
-        """The op type of every node ONNX Runtime ran on `x`, from its profiler: after its
-        graph optimizations (a QDQ pair around a Conv runs as one QLinearConv)."""
-        session = self._new_session(torch.get_num_threads(), profile=True)
+        session = ort_session(self.path, torch.get_num_threads(), profile=True)
         session.run(None, {"input": _array(x)})
-        trace = Path(session.end_profiling())
-        events = json.loads(trace.read_text())
-        trace.unlink()
-        return Counter(e["args"]["op_name"] for e in events if e.get("cat") == "Node"
-                       and e.get("name", "").endswith("_kernel_time"))
+        return profiled_nodes(session)
+
+
+def ort_session(path: Path, n_threads: int, profile: bool = False):
+    """An ONNX Runtime CPU session of the file on `n_threads` threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = n_threads, 1
+    options.log_severity_level = 3  # errors only
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(path.with_name("profile"))
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def profiled_nodes(session) -> Counter[str]:
+    """The op type of every node a profiling session ran, from its profiler: after ONNX
+    Runtime's graph optimizations (a QDQ pair around a Conv runs as one QLinearConv)."""
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    return Counter(e["args"]["op_name"] for e in events if e.get("cat") == "Node"
+                   and e.get("name", "").endswith("_kernel_time"))
 
 
 def _array(x: torch.Tensor):
@@ -285,13 +299,17 @@ def _array(x: torch.Tensor):
 
 def _onnx_runtime(path: Path, folder) -> Exported:
     import onnx
+
+    return Exported(path, OnnxRuntime(path), stored_tensors(onnx.load(str(path)).graph), folder)
+
+
+def stored_tensors(graph) -> list[torch.Tensor | StoredTensor]:
+    """The initializers of an ONNX graph, 4-bit ones as what they pack."""
     from onnx import numpy_helper
 
-    graph = onnx.load(str(path)).graph
     packed = _packed_weights(graph)
-    weights = [packed.get(t.name) or torch.from_numpy(numpy_helper.to_array(t).copy())
-               for t in graph.initializer]
-    return Exported(path, OnnxRuntime(path), weights, folder)
+    return [packed.get(t.name) or torch.from_numpy(numpy_helper.to_array(t).copy())
+            for t in graph.initializer]
 
 
 def _packed_weights(graph) -> dict[str, StoredTensor]:

@@ -266,10 +266,10 @@ class LlamaCpp(nn.Module):
         out = []
         for row in input_ids.tolist():
             llm = self._logits(row, len(row) + max_new_tokens)
-            new = []
-            for _ in range(max_new_tokens):
-                new.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            new = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+            while len(new) < max_new_tokens:  # the last token is not fed back, as transformers
                 llm.eval(new[-1:])
+                new.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
             out.append(row + new)
         return torch.tensor(out)
 
