@@ -14,8 +14,8 @@ import torch
 
 from compress.base import Compressed, Context, Technique, Unsupported
 from compress.lowrank import lora, svd
-from compress.prune import channels, magnitude, mlp
-from compress.quant import bnb, cast, dynamic, static, weight_only
+from compress.prune import activation_aware, channels, magnitude, mlp
+from compress.quant import bnb, calibrated, cast, dynamic, gptq, static, weight_only
 from compress.recover import RECOVERIES, with_recovery
 from compress.runtime import export, llamacpp, openvino
 
@@ -36,6 +36,8 @@ class _Entry:
 _TORCH_INT8 = r"^quantized::"
 _BNB_4BIT = r"^bitsandbytes::(gemv_4bit|dequantize_4bit)$"
 _BNB_INT8 = r"^bitsandbytes::int8_(linear_matmul|scaled_mm|mixed_scaled_mm)$"
+_TORCHAO_INT4 = r"^aten::_weight_int4pack_mm_for_cpu$"
+_INT_MM = r"^aten::_int_mm$"  # torch's int8 x int8 -> int32 matmul (oneDNN on the CPU)
 _ORT_INT8 = r"^(QLinear\w+|ConvInteger|MatMulInteger|DynamicQuantizeMatMul|QGemm)$"
 
 _REGISTRY: dict[str, _Entry] = {
@@ -49,9 +51,16 @@ _REGISTRY: dict[str, _Entry] = {
     "int8_weight": _Entry("quantization", (), weight_only.int8_weight),
     "int4_weight": _Entry("quantization", (), weight_only.int4_weight, "group"),
     "int4_bf16": _Entry("quantization", ("cpu",), weight_only.int4_bf16, "group",
-                        kernel=r"^aten::_weight_int4pack_mm_for_cpu$"),
+                        kernel=_TORCHAO_INT4),
     "int8_bf16": _Entry("quantization", ("cpu",), weight_only.int8_bf16,
                         kernel=r"^aten::_weight_int8pack_mm$"),
+    "hqq_bf16": _Entry("quantization", ("cpu",), weight_only.hqq_bf16, "group",
+                       kernel=_TORCHAO_INT4),
+    "awq": _Entry("quantization", ("cpu",), calibrated.awq, "group", kernel=_TORCHAO_INT4),
+    "gptq": _Entry("quantization", ("cpu",), gptq.gptq, "group", kernel=_TORCHAO_INT4),
+    "w8a8": _Entry("quantization", ("cpu",), calibrated.w8a8, kernel=_INT_MM),
+    "smoothquant": _Entry("quantization", ("cpu",), calibrated.smoothquant, "alpha",
+                          kernel=_INT_MM),
     "bnb_int8": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("int8"), kernel=_BNB_INT8),
     "bnb_nf4": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("nf4"), kernel=_BNB_4BIT),
     "bnb_fp4": _Entry("quantization", ("cpu", "cuda"), bnb.bnb("fp4"), kernel=_BNB_4BIT),
@@ -59,6 +68,10 @@ _REGISTRY: dict[str, _Entry] = {
     "prune_global": _Entry("pruning", (), magnitude.prune_global, "sparsity"),
     "prune_channels": _Entry("pruning", ("cpu", "cuda"), channels.prune_channels, "sparsity"),
     "prune_mlp": _Entry("pruning", ("cpu", "cuda"), mlp.prune_mlp, "sparsity"),
+    "wanda": _Entry("pruning", (), activation_aware.wanda, "sparsity"),
+    "wanda_2of4": _Entry("pruning", (), activation_aware.wanda_2of4),
+    "sparsegpt": _Entry("pruning", (), activation_aware.sparsegpt, "sparsity"),
+    "sparsegpt_2of4": _Entry("pruning", (), activation_aware.sparsegpt_2of4),
     "svd": _Entry("low-rank", ("cpu", "cuda"), svd.svd, "energy"),
     "lora": _Entry("low-rank", ("cpu", "cuda"), lora.lora),
     "torchscript": _Entry("export", ("cpu",), export.torchscript),
@@ -68,6 +81,10 @@ _REGISTRY: dict[str, _Entry] = {
                         kernel=r"^MatMulNBits$"),
     "openvino": _Entry("export", ("cpu",), openvino.openvino),
     "openvino_int8": _Entry("export", ("cpu",), openvino.openvino_int8, kernel=openvino.KERNEL),
+    "openvino_int8_weight": _Entry("export", ("cpu",), openvino.openvino_int8_weight,
+                                   kernel=openvino.WEIGHT_KERNEL),
+    "openvino_int4_weight": _Entry("export", ("cpu",), openvino.openvino_int4_weight, "group",
+                                   kernel=openvino.WEIGHT_KERNEL),
     **{f"gguf_{ftype}": _Entry("quantization", ("cpu",), llamacpp.gguf(ftype),
                                kernel=llamacpp.KERNEL) for ftype in llamacpp.FTYPES},
 }

@@ -11,6 +11,7 @@ from benchmarks.harness.cell import measure_reference, run_cell
 from benchmarks.harness.compare import LedgerCell
 from benchmarks.harness.verdict import baseline_entry, judge
 from benchmarks.workloads.base import Probe, Score, Workload, evaluation
+from benchmarks.workloads.smollm2_135m import Distributions, fidelity
 
 
 class TinyLM(nn.Module):
@@ -29,13 +30,17 @@ def lm_workload() -> Workload:
     model = TinyLM().eval()
     windows = torch.randint(64, (16, 33), generator=torch.Generator().manual_seed(1))
 
+    with torch.inference_mode():
+        reference = Distributions.of(windows, model(windows[:, :-1]).float())
+
     def evaluate(candidate: nn.Module, _dtype: torch.dtype = torch.float32) -> Score:
         with torch.inference_mode():
             logits = candidate(windows[:, :-1]).float()
             loss = nn.functional.cross_entropy(logits.transpose(1, 2), windows[:, 1:],
                                                reduction="none").mean(1).double()
         return Score(float(loss.mean().exp()), loss, {"ppl_first_half": float(loss[:8].mean()
-                                                                               .exp())})
+                                                                               .exp())},
+                     kld=fidelity(reference, logits)[0])
 
     def greedy(candidate: nn.Module):
         def run():
@@ -60,17 +65,34 @@ def test_a_language_cell_keeps_token_ids_and_gates_its_probe():
                              device="cpu", n_threads=1)
         assert record.metric == "perplexity" and not record.self_check_problems
         assert set(record.gated()) == {"accuracy_drop", "size_ratio", "speedup",
-                                       "decode_speedup"}
+                                       "decode_speedup", "kld"}
+        assert record.kld_interval.low <= record.kld <= record.kld_interval.high
         assert record.accuracy_drop == record.compressed_metric - record.reference_metric
         assert record.drop_interval.low <= record.accuracy_drop <= record.drop_interval.high
         assert {"ppl_first_half", "prefill_tok_per_s", "decode_tok_per_s"} <= set(record.extras)
         baseline = baseline_entry(record)
         assert baseline["accuracy_drop"]["tolerance"] == 0.1  # perplexity's own tolerance
         checks = judge(record, baseline, speed_gated=True)
-        assert {c.metric for c in checks} >= {"decode_speedup"}
+        assert {c.metric for c in checks} >= {"decode_speedup", "kld"}
         assert not [c.message for c in checks if c.failed]
         # The ledger entry carries the same gated numbers, so `compare` judges them too.
         entry = json.loads(json.dumps(record.to_json()))
         assert LedgerCell(entry).gated() == record.gated()
         assert [c.status for c in judge(LedgerCell(entry), baseline, speed_gated=True)] == \
             [c.status for c in checks]
+
+
+def test_fidelity_is_zero_for_the_reference_and_torchs_kl_divergence_otherwise():
+    batch = torch.randint(64, (3, 9), generator=torch.Generator().manual_seed(2))
+    logits = torch.randn(3, 8, 64, generator=torch.Generator().manual_seed(3))
+    reference = Distributions.of(batch, logits)
+    kld, same_top = fidelity(reference, logits)
+    assert torch.allclose(kld, torch.zeros(3, dtype=torch.float64), atol=1e-6)
+    assert (same_top == 100).all()
+    moved = logits + torch.randn(3, 8, 64, generator=torch.Generator().manual_seed(4))
+    kld, same_top = fidelity(reference, moved)
+    want = nn.functional.kl_div(moved.log_softmax(-1), logits.log_softmax(-1), log_target=True,
+                                reduction="none").sum(-1).mean(1)
+    assert torch.allclose(kld.float(), want, rtol=1e-5)
+    agree = (moved.argmax(-1) == logits.argmax(-1)).double().mean(1) * 100
+    assert torch.equal(same_top, agree)

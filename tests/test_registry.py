@@ -43,6 +43,17 @@ PARAM_VALUE = {
     "gguf_q8_0": None,
     "gguf_q4_0": None,
     "gguf_q4_k_m": None,
+    "hqq_bf16": 64,
+    "awq": 64,
+    "gptq": 64,
+    "openvino_int8_weight": None,
+    "openvino_int4_weight": 32,
+    "w8a8": None,
+    "smoothquant": 0.5,
+    "wanda": 0.5,
+    "wanda_2of4": None,
+    "sparsegpt": 0.5,
+    "sparsegpt_2of4": None,
 }
 FAMILY = {
     "int8_dynamic": "quantization",
@@ -72,6 +83,17 @@ FAMILY = {
     "gguf_q8_0": "quantization",
     "gguf_q4_0": "quantization",
     "gguf_q4_k_m": "quantization",
+    "hqq_bf16": "quantization",
+    "awq": "quantization",
+    "gptq": "quantization",
+    "openvino_int8_weight": "export",
+    "openvino_int4_weight": "export",
+    "w8a8": "quantization",
+    "smoothquant": "quantization",
+    "wanda": "pruning",
+    "wanda_2of4": "pruning",
+    "sparsegpt": "pruning",
+    "sparsegpt_2of4": "pruning",
 }
 
 

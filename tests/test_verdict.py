@@ -102,6 +102,32 @@ def test_clearly_better_is_reported_as_improved():
     assert improved[0].message.startswith("improved, re-bless")
 
 
+def with_kld(record: Record, per_sample: list[float]) -> Record:
+    record.kld_per_sample = torch.tensor(per_sample, dtype=torch.float64)
+    return record
+
+
+def test_the_divergence_from_the_reference_is_gated_with_its_own_tolerance():
+    base = baseline_of(with_kld(make_record(), [0.010, 0.012, 0.011, 0.009] * 8))
+    assert base["kld"] == {"value": 0.0105, "tolerance": 0.00105, "higher_is_better": False}
+    same = judge(with_kld(make_record(), [0.010, 0.012, 0.011, 0.009] * 8), base,
+                 speed_gated=True)
+    assert statuses(same)["kld"] == "pass"
+    # The same perplexity, predictions further from the reference's: the metric hides it.
+    moved = judge(with_kld(make_record(), [0.020, 0.022, 0.021, 0.019] * 8), base,
+                  speed_gated=True)
+    [fail] = [c for c in moved if c.failed]
+    assert fail.metric == "kld" and fail.message.startswith("REGRESSED w-int8_static: kld")
+
+
+def test_a_baseline_blessed_before_the_divergence_was_gated_reports_it_until_re_blessed():
+    base = baseline_of(make_record())  # no kld in it
+    checks = judge(with_kld(make_record(), [0.5] * 32), base, speed_gated=True)
+    [kld] = [c for c in checks if c.metric == "kld"]
+    assert kld.status == "reported" and "re-bless the cell on this class" in kld.message
+    assert not [c for c in checks if c.failed]
+
+
 def test_missing_baseline_fails_with_how_to_fix():
     [check] = judge(make_record(), None, speed_gated=True)
     assert check.failed and "nox -s baselines" in check.message

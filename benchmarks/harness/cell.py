@@ -118,6 +118,7 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         workload_notes=workload.notes,
         self_check_problems=problems,
         per_sample=per_sample,
+        kld_per_sample=score.kld,
         resamplers={"reference": reference.score.resample, "compressed": score.resample},
         pictures={"reference": reference.picture,
                   "compressed": workload.picture(model, compressed.input_dtype)}

@@ -45,12 +45,17 @@ class LedgerCell:
 
     def gated(self) -> dict[str, float]:
         probes = [f"{name}_speedup" for name in self.entry.get("probe_timings", {})]
+        divergence = ["kld"] if self.entry.get("kld") is not None else []
         return {m: _number(self.entry.get(m))
-                for m in ("accuracy_drop", "size_ratio", "speedup", *probes)}
+                for m in ("accuracy_drop", "size_ratio", "speedup", *probes, *divergence)}
 
     @property
     def drop_interval(self) -> Interval | None:
         return _interval(self.entry.get("accuracy_drop"), self.entry.get("accuracy_drop_ci"))
+
+    @property
+    def kld_interval(self) -> Interval | None:
+        return _interval(self.entry.get("kld"), self.entry.get("kld_ci"))
 
     @property
     def speedup_intervals(self) -> dict[str, Interval | None]:

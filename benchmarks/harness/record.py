@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
+import torch
+
 from benchmarks.harness.measure import Size, Timing
 from benchmarks.harness.stats import Interval, median_ratio, paired_drop
 from benchmarks.workloads.base import SUMMARY
@@ -58,6 +60,9 @@ class Record:
     # and for metrics that need them, each model's Score.resample.
     per_sample: dict = field(default_factory=dict, repr=False)
     resamplers: dict = field(default_factory=dict, repr=False)
+    # Each sample's divergence from the reference's prediction (Score.kld), if the workload
+    # measures one; not serialized (its mean is, as `kld`).
+    kld_per_sample: torch.Tensor | None = field(default=None, repr=False)
     # The workload's picture of each model's output ("reference", "compressed"), for the
     # report; not serialized.
     pictures: dict = field(default_factory=dict, repr=False)
@@ -100,6 +105,19 @@ class Record:
                            summary=SUMMARY.get(self.metric),
                            metric_of=metric_of if all(metric_of) else None)
 
+    @property
+    def kld(self) -> float | None:
+        """The mean divergence of the predictions from the reference's (0: the same)."""
+        return None if self.kld_per_sample is None else float(self.kld_per_sample.mean())
+
+    @cached_property
+    def kld_interval(self) -> Interval | None:
+        """The mean divergence with its bootstrap 95 % interval (samples resampled)."""
+        if self.kld_per_sample is None:
+            return None
+        return paired_drop(torch.zeros_like(self.kld_per_sample), self.kld_per_sample,
+                           higher_is_better=False)
+
     @cached_property
     def speedup_interval(self) -> Interval:
         """The median per-round speedup with its bootstrap 95 % interval."""
@@ -130,10 +148,12 @@ class Record:
         return self.reference_peak_memory_bytes / self.compressed_peak_memory_bytes
 
     def gated(self) -> dict[str, float]:
-        """The numbers the verdicts judge: the paper's three, and each probe's speedup."""
+        """The numbers the verdicts judge: the paper's three, each probe's speedup, and the
+        divergence from the reference's predictions where the workload measures it."""
         return {"accuracy_drop": self.accuracy_drop, "size_ratio": self.size_ratio,
                 "speedup": self.speedup,
-                **{f"{name}_speedup": t.speedup for name, t in self.probe_timings.items()}}
+                **{f"{name}_speedup": t.speedup for name, t in self.probe_timings.items()},
+                **({"kld": self.kld} if self.kld_per_sample is not None else {})}
 
     def iqr(self, metric: str) -> tuple[float, float]:
         """The per-round interquartile range of a gated speedup."""
@@ -144,11 +164,11 @@ class Record:
     def __getstate__(self) -> dict:
         # Resamplers are often local lambdas (YOLO's mAP), which pickle cannot save: a sharded
         # run's worker computes the cached intervals that need them, and sends those instead.
-        self.drop_interval, self.speedup_intervals  # noqa: B018 (fills the cached_properties)
+        self.drop_interval, self.speedup_intervals, self.kld_interval  # noqa: B018 (fills them)
         return {**self.__dict__, "resamplers": {}}
 
     def to_json(self) -> dict:
-        in_memory = ("per_sample", "resamplers", "pictures")
+        in_memory = ("per_sample", "resamplers", "pictures", "kld_per_sample")
         out = {k: v for k, v in asdict(self).items() if k not in in_memory}
         out["timing"]["speedup"] = self.speedup
         out["timing"]["speedup_iqr"] = list(self.timing.speedup_iqr)
@@ -168,6 +188,8 @@ class Record:
                       for metric, interval in self.speedup_intervals.items()})
         if self.drop_interval is not None:
             out["accuracy_drop_ci"] = [self.drop_interval.low, self.drop_interval.high]
+        if self.kld_interval is not None:
+            out["kld_ci"] = [self.kld_interval.low, self.kld_interval.high]
         return _finite_or_none(out)
 
 

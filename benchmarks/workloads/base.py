@@ -44,6 +44,10 @@ class Score:
     # each row of an index matrix (rows, n) of samples, for the paired bootstrap. `per_sample`
     # then holds one number per sample for the self-checks (detection: true positives).
     resample: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # How far each sample's prediction moved from the reference model's (language models: the
+    # KL divergence of the next-token distributions, nats): gated beside the metric as `kld`,
+    # since a metric can hold while the predictions change.
+    kld: torch.Tensor | None = None
 
 
 # A metric is the mean of its per-sample values, or the function listed here of that mean.

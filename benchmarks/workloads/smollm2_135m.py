@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,8 +51,28 @@ CELLS = {
     "gguf_q8_0": "full",
     "gguf_q4_0": "full",
     "gguf_q4_k_m": "pr",  # the 4-bit format people download
+    # ONNX Runtime's LLM path: the graph with its KV cache, int4 MatMulNBits (int8 compute).
+    "onnx_int4@32": "full",
+    # OpenVINO reading that graph, its weights compressed by NNCF (data-free).
+    "openvino_int8_weight": "full",
+    "openvino_int4_weight@32": "full",
     "bnb_fp4": "full",
+    # Beyond rounding to nearest: per-token activations, outlier smoothing, activation-aware
+    # and calibration-free scales, each on a real int8 / int4 CPU kernel.
+    "w8a8": "full",
+    "smoothquant@0.5": "full",
+    "awq@32": "full",
+    "awq@64": "full",
+    "gptq@32": "full",
+    "gptq@64": "full",
+    "hqq_bf16@32": "full",
+    "hqq_bf16@64": "full",
     "prune_l1@0.5": "full",
+    # Pruning as LLMs are pruned without retraining: from the inputs' statistics.
+    "wanda@0.5": "full",
+    "sparsegpt@0.5": "full",
+    "wanda_2of4": "full",
+    "sparsegpt_2of4": "full",
     "prune_mlp@0.3": "full",
     "svd@0.9": "full",
     # Recovery with peft. `lora` alone is the control: the same fine-tune on the reference
@@ -99,18 +120,44 @@ def load_pretrained():
     return model, tokenizer, Path(source) / kwargs["gguf_file"] if kwargs else source
 
 
-def window_losses(model: nn.Module, windows: torch.Tensor, desc: str) -> torch.Tensor:
-    """Mean next-token loss (nats) of each window, each window scored on its own."""
+def scored_logits(model: nn.Module, windows: torch.Tensor, desc: str):
+    """(batch of windows, their next-token logits in fp32 on the CPU), EVAL_BATCH at a time,
+    each window scored on its own."""
     device = model_device(model)
-    out = []
     with torch.inference_mode():
         for batch in progress(windows.split(EVAL_BATCH), desc=desc, unit="batch"):
-            batch = batch.to(device)
-            logits = model(batch, use_cache=False).logits.float()
-            loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), batch[:, 1:],
-                                   reduction="none")
-            out.append(loss.mean(dim=1).cpu())
-    return torch.cat(out).double()
+            yield batch, model(batch.to(device), use_cache=False).logits[:, :-1].float().cpu()
+
+
+def window_losses(batch: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss (nats) of each window."""
+    return F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").mean(dim=1)
+
+
+@dataclass(frozen=True)
+class Distributions:
+    """A model's next-token distributions on a batch of windows, what fidelity is judged by:
+    log-probabilities (the reference's are kept for every cell: 800 MB a corpus, in fp32 so
+    that rounding them adds nothing to a small divergence), top tokens, each window's loss."""
+
+    log_probs: torch.Tensor
+    top: torch.Tensor
+    losses: torch.Tensor
+
+    @classmethod
+    def of(cls, batch: torch.Tensor, logits: torch.Tensor) -> Distributions:
+        return cls(F.log_softmax(logits, dim=-1), logits.argmax(dim=-1),
+                   window_losses(batch, logits))
+
+
+def fidelity(reference: Distributions, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per window: the mean KL divergence (nats) of the model's next-token distribution from the
+    reference's, and the % of positions where both put the same token first (llama.cpp's
+    perplexity --kl-divergence reports both)."""
+    log_p = reference.log_probs
+    kld = (log_p.exp() * (log_p - F.log_softmax(logits, dim=-1))).sum(dim=-1).mean(dim=1)
+    same_top = (logits.argmax(dim=-1) == reference.top).double().mean(dim=1) * 100
+    return kld.clamp_min(0.0).double(), same_top
 
 
 def unigram_perplexity(windows: torch.Tensor) -> Floor:
@@ -141,13 +188,32 @@ def load() -> Workload:
     # Everything a technique sees comes after the scored tokens: calibration, prompts.
     held_out = {name: t[TOKENS_PER_CORPUS:2 * TOKENS_PER_CORPUS] for name, t in ids.items()}
 
+    reference: dict[str, list[Distributions]] = {}  # the reference's, computed once, lazily
+
     def evaluate(candidate: nn.Module, _input_dtype: torch.dtype = torch.float32) -> Score:
-        per_corpus = {name: window_losses(candidate, windows, f"perplexity {name}")
-                      for name, windows in scored.items()}
-        per_window = torch.cat(list(per_corpus.values()))
-        extras = {f"ppl_{name}": float(losses.mean().exp()) for name, losses in
-                  per_corpus.items()}
-        return Score(float(per_window.mean().exp()), per_window, extras)
+        losses, kld, same_top = {}, [], []
+        for name, windows in scored.items():
+            if name not in reference and candidate is not model:
+                reference[name] = [Distributions.of(batch, logits) for batch, logits in
+                                   scored_logits(model, windows, f"reference {name}")]
+            own = []
+            for i, (batch, logits) in enumerate(scored_logits(candidate, windows,
+                                                              f"perplexity {name}")):
+                if candidate is model and len(reference.get(name, ())) == i:
+                    reference.setdefault(name, []).append(Distributions.of(batch, logits))
+                own.append(window_losses(batch, logits))
+                k, t = fidelity(reference[name][i], logits)
+                kld.append(k)
+                same_top.append(t)
+            losses[name] = torch.cat(own).double()
+        per_window = torch.cat(list(losses.values()))
+        reference_loss = torch.cat([d.losses for ds in reference.values() for d in ds]).double()
+        extras = {f"ppl_{name}": float(loss.mean().exp()) for name, loss in losses.items()}
+        extras |= {"kld": float(torch.cat(kld).mean()),
+                   "top1_agreement_pct": float(torch.cat(same_top).mean()),
+                   # llm-compressor's recovery: the reference's perplexity over this one's.
+                   "ppl_recovery": float((reference_loss.mean() - per_window.mean()).exp())}
+        return Score(float(per_window.mean().exp()), per_window, extras, kld=torch.cat(kld))
 
     prompt = held_out["britannica"][:DECODE_PROMPT].unsqueeze(0)
 

@@ -72,33 +72,55 @@ INT4_CPU_GROUPS = (32, 64, 128)  # what torchao's packed CPU layout accepts
 
 def int4_bf16(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
     """torchao's int4 CPU kernel: every Linear's weight packed to 4 bits, activations bf16."""
+    transform = _int4_cpu("int4_bf16", group_size, "tinygemm")
+    transform.__doc__ = (f"int4 weights, asymmetric, a bf16 scale and zero point per "
+                         f"{int(group_size)} inputs (min/max), packed for torchao's CPU kernel "
+                         "(aten::_weight_int4pack_mm_for_cpu, vectorized for bf16 "
+                         "activations); every other tensor bf16.")
+    return transform
+
+
+def hqq_bf16(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
+    """HQQ's scales and zero points on torchao's int4 CPU kernel."""
+    transform = _int4_cpu("hqq_bf16", group_size, "hqq")
+    transform.__doc__ = (f"int4 weights in groups of {int(group_size)} whose scales and zero "
+                         "points HQQ (half-quadratic quantization) optimises against the "
+                         "weights' rounding error, without calibration data; torchao's int4 "
+                         "CPU kernel, bf16 activations.")
+    return transform
+
+
+def check_groups(name: str, model: nn.Module, group: int) -> None:
+    """torchao would leave a Linear whose inputs the group does not divide in float, silently."""
+    for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+        if layer.in_features % group:
+            raise Unsupported(f"{name}: a Linear has {layer.in_features} inputs, not a multiple "
+                              f"of the group size {group}")
+
+
+def _int4_cpu(name: str, group_size: float, algorithm: str):
     if group_size not in INT4_CPU_GROUPS:
-        raise ValueError(f"int4_bf16: torchao's CPU int4 layout takes groups of "
+        raise ValueError(f"{name}: torchao's CPU int4 layout takes groups of "
                          f"{', '.join(map(str, INT4_CPU_GROUPS))}, got {group_size}")
     group = int(group_size)
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         if ctx.device != "cpu":
-            raise Unsupported("int4_bf16: torchao's packed int4 layout is its CPU kernel's")
+            raise Unsupported(f"{name}: torchao's packed int4 layout is its CPU kernel's")
         _torchao()
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise Unsupported("int4_bf16: the model has no nn.Linear layer")
-        for layer in linears:  # torchao would leave such a layer in bf16 and say nothing
-            if layer.in_features % group:
-                raise Unsupported(f"int4_bf16@{group}: a Linear has {layer.in_features} "
-                                  f"inputs, not a multiple of the group size {group}")
+        if not any(isinstance(m, nn.Linear) for m in model.modules()):
+            raise Unsupported(f"{name}: the model has no nn.Linear layer")
+        check_groups(f"{name}@{group}", model, group)
         model = model.to(torch.bfloat16)
         # An LM head tied to the token embedding is quantized too: decoding reads it for every
         # token, and the embedding keeps its bf16 copy for the lookup (both ship).
-        _torchao().quantize_(model, PrototypeInt4WeightOnlyConfig(group_size=group))
+        _torchao().quantize_(model, PrototypeInt4WeightOnlyConfig(
+            group_size=group, int4_choose_qparams_algorithm=algorithm,
+            set_inductor_config=False))  # (it would retune every later compile in the run)
         return Compressed(model, "real", input_dtype=torch.bfloat16)
 
-    transform.__doc__ = (f"int4 weights, asymmetric, a bf16 scale and zero point per {group} "
-                         "inputs, packed for torchao's CPU kernel (aten::_weight_int4pack_mm_"
-                         "for_cpu, vectorized for bf16 activations); every other tensor bf16.")
     return transform
 
 

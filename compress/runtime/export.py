@@ -6,7 +6,7 @@
   per-channel int8 weights, int8 activations calibrated on the calibration batches);
 - `onnx_int4@b`: that ONNX file with 4-bit weights (MatMulNBits, a scale per `b` inputs), for
   transformers: their Linear layers export as MatMul. A causal LM is exported with its KV cache
-  by ONNX Runtime GenAI's builder instead (`ort_causal_lm.py`), as it is deployed.
+  by ONNX Runtime GenAI's builder instead (`causal_lm.py`), as it is deployed.
 
 The artifact is the exported file itself (`Exported.artifact`), so its size is what ships.
 ONNX Runtime sessions run on as many threads as torch is set to when they are called, so a
@@ -27,7 +27,7 @@ from torch import nn
 
 from compress.base import Compressed, Context, StoredTensor, Unsupported, relative_difference
 from compress.kernels import profiled
-from compress.runtime.ort_causal_lm import build_int4, is_causal_lm
+from compress.runtime import causal_lm
 
 OPSET = 17
 INT4_OPSET = 21  # the first with int4 tensors
@@ -106,8 +106,8 @@ def onnx_int4(block_size: float) -> Callable[[nn.Module, Context], Compressed]:
         import onnx
         from onnx import version_converter
 
-        if is_causal_lm(model):  # exported with its KV cache, as it is deployed
-            return build_int4(model, ctx, block, ACCURACY_LEVEL)
+        if causal_lm.is_causal_lm(model):  # exported with its KV cache, as it is deployed
+            return causal_lm.onnx_int4(model, ctx, block, ACCURACY_LEVEL)
         folder = tempfile.TemporaryDirectory(prefix="compress-onnx-int4-")
         root = Path(folder.name)
         fp32 = _export_onnx(model, _example(ctx, "onnx_int4"), root / "fp32.onnx")
