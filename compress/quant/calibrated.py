@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
-from compress.quant.weight_only import INT4_CPU_GROUPS, check_groups
+from compress.quant.weight_only import check_groups, int4_cpu_group
 
 
 def _torchao():
@@ -62,10 +62,7 @@ def smoothquant(alpha: float) -> Callable[[nn.Module, Context], Compressed]:
 
 
 def awq(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
-    if group_size not in INT4_CPU_GROUPS:
-        raise ValueError(f"awq: torchao's CPU int4 layout takes groups of "
-                         f"{', '.join(map(str, INT4_CPU_GROUPS))}, got {group_size}")
-    group = int(group_size)
+    group = int4_cpu_group("awq", group_size)
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         _cpu_linears("awq", model, ctx)

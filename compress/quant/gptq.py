@@ -22,17 +22,14 @@ from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
 from compress.calibration import blocks, input_statistics, inverse_hessian
-from compress.quant.weight_only import INT4_CPU_GROUPS, check_groups
+from compress.quant.weight_only import check_groups, int4_cpu_group
 
 BLOCK = 128  # columns whose errors are applied to the rest together (the paper's lazy batch)
 LEVELS, MID = 15, 8  # the tinygemm int4 grid
 
 
 def gptq(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
-    if group_size not in INT4_CPU_GROUPS:
-        raise ValueError(f"gptq: torchao's CPU int4 layout takes groups of "
-                         f"{', '.join(map(str, INT4_CPU_GROUPS))}, got {group_size}")
-    group = int(group_size)
+    group = int4_cpu_group("gptq", group_size)
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         if ctx.device != "cpu":

@@ -98,11 +98,16 @@ def check_groups(name: str, model: nn.Module, group: int) -> None:
                               f"of the group size {group}")
 
 
-def _int4_cpu(name: str, group_size: float, algorithm: str):
+def int4_cpu_group(name: str, group_size: float) -> int:
+    """The group size of a technique on torchao's int4 CPU layout, refused unless it takes it."""
     if group_size not in INT4_CPU_GROUPS:
         raise ValueError(f"{name}: torchao's CPU int4 layout takes groups of "
                          f"{', '.join(map(str, INT4_CPU_GROUPS))}, got {group_size}")
-    group = int(group_size)
+    return int(group_size)
+
+
+def _int4_cpu(name: str, group_size: float, algorithm: str):
+    group = int4_cpu_group(name, group_size)
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         if ctx.device != "cpu":

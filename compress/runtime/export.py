@@ -89,10 +89,7 @@ def onnx(model: nn.Module, ctx: Context) -> Compressed:
 
 def onnx_int4(block_size: float) -> Callable[[nn.Module, Context], Compressed]:
     """ONNX Runtime int4 weight-only: every MatMul with a constant weight becomes MatMulNBits."""
-    block = int(block_size)
-    if block != block_size or block < 16 or block & (block - 1):
-        raise ValueError(f"onnx_int4: the block size must be a power of 2 >= 16, got "
-                         f"{block_size}")
+    block = power_of_two_block("onnx_int4", "block", block_size)
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         try:
@@ -133,6 +130,14 @@ def onnx_int4(block_size: float) -> Callable[[nn.Module, Context], Compressed]:
                          f"{ACCURACY_LEVEL}: activations quantized to int8 per block inside "
                          "the kernel, int8 dot products.")
     return transform
+
+
+def power_of_two_block(name: str, what: str, value: float) -> int:
+    """A 4-bit runtime's block (group) size: a power of 2 from 16, refused otherwise."""
+    block = int(value)
+    if block != value or block < 16 or block & (block - 1):
+        raise ValueError(f"{name}: the {what} size must be a power of 2 >= 16, got {value}")
+    return block
 
 
 # MatMulNBits' accuracy level, the least precision its activations may be computed in: 4 is

@@ -26,7 +26,14 @@ from torch import nn
 
 from compress.base import Compressed, Context, StoredTensor, Unsupported
 from compress.runtime import causal_lm
-from compress.runtime.export import Exported, _check_same, _example, _Flat, _flatten
+from compress.runtime.export import (
+    Exported,
+    _check_same,
+    _example,
+    _Flat,
+    _flatten,
+    power_of_two_block,
+)
 
 # What proves an int8 execution: a layer with weights whose runtime precision is 8-bit.
 KERNEL = r"^(Convolution|GroupConvolution|Deconvolution|FullyConnected|MatMul)\[(u8|i8)\]$"
@@ -67,10 +74,7 @@ def openvino_int8_weight(model: nn.Module, ctx: Context) -> Compressed:
 
 
 def openvino_int4_weight(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
-    group = int(group_size)
-    if group != group_size or group < 16 or group & (group - 1):
-        raise ValueError(f"openvino_int4_weight: the group size must be a power of 2 >= 16, "
-                         f"got {group_size}")
+    group = power_of_two_block("openvino_int4_weight", "group", group_size)
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         _, nncf = _libraries("openvino_int4_weight")
