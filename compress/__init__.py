@@ -1,8 +1,10 @@
 """compress: model-compression techniques behind one registry, `get(name).apply(model, ctx)`.
 
 A name is `base` or `base@value` (e.g. `int8_static`, `prune_l1@0.5`, `svd@0.9`), optionally
-followed by a recovery: `+ft` (the caller's fine-tune, keeping every zero the technique made),
-`+lora` (a LoRA adapter trained by that fine-tune) or `+qlora` (the same on a bitsandbytes model).
+followed by more stages, each applied to the model the one before made (compress/pipeline.py):
+a technique (`gptq@32+gguf_q4_1`) or a recovery: `+ft` (the caller's fine-tune, keeping every
+zero the technique made), `+lora` (a LoRA adapter trained by that fine-tune) or `+qlora` (the
+same beside a frozen quantized model).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import torch
 
 from compress.base import Compressed, Context, Technique, Unsupported
 from compress.lowrank import lora, svd
+from compress.pipeline import then, with_recovery
 from compress.prune import activation_aware, channels, magnitude, mlp
 from compress.quant import bnb, calibrated, cast, dynamic, gptq, static, weight_only
-from compress.recover import RECOVERIES, with_recovery
+from compress.recover import RECOVERIES
 from compress.runtime import export, llamacpp, openvino
 
 __all__ = ["Compressed", "Context", "Technique", "Unsupported", "get", "names"]
@@ -96,25 +99,37 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Technique:
-    """The technique called `name`, e.g. `int8_static`, `prune_global@0.8+ft`, `bnb_nf4+qlora`."""
-    spec, plus, suffix = name.partition("+")
-    if plus and suffix not in RECOVERIES:
-        raise KeyError(f"unknown recovery '+{suffix}' in {name!r}; known: "
-                       f"{', '.join('+' + r for r in RECOVERIES)}")
+    """The technique called `name`, e.g. `int8_static`, `prune_global@0.8+ft`, `bnb_nf4+qlora`,
+    `gptq@32+gguf_q4_1`."""
+    first, *stages = name.split("+")
+    technique = _single(first, name)
+    for stage in stages:
+        if stage in RECOVERIES:
+            technique = with_recovery(technique, stage)
+        elif stage.partition("@")[0] in _REGISTRY:
+            technique = then(technique, _single(stage, name))
+        else:
+            raise KeyError(f"unknown stage '+{stage}' in {name!r}: a stage after the first is a "
+                           f"recovery ({', '.join('+' + r for r in RECOVERIES)}) or a technique "
+                           f"({', '.join(names())})")
+    return technique
+
+
+def _single(spec: str, name: str) -> Technique:
+    """One stage of `name`: `base` or `base@value`."""
     base, at, value = spec.partition("@")
     entry = _REGISTRY.get(base)
     if entry is None:
         raise KeyError(f"unknown technique {base!r} in {name!r}; known: {', '.join(names())}")
     if bool(entry.param) != bool(at):
         form = f"{base}@<{entry.param}>" if entry.param else base
-        raise KeyError(f"technique {name!r} is malformed: write it as {form}")
+        raise KeyError(f"technique {spec!r} in {name!r} is malformed: write it as {form}")
     if entry.param:
         try:
             transform = entry.make(float(value))
         except ValueError as err:
-            raise KeyError(f"technique {name!r}: {err}") from err
+            raise KeyError(f"technique {spec!r} in {name!r}: {err}") from err
     else:
         transform = entry.make
-    technique = Technique(spec, entry.family, entry.real_on, transform, transform.__doc__ or "",
-                          entry.kernel)
-    return with_recovery(technique, suffix) if plus else technique
+    return Technique(spec, entry.family, entry.real_on, transform, transform.__doc__ or "",
+                     entry.kernel)

@@ -1,4 +1,5 @@
-"""Recovery pipelines: a technique, then training that wins back some of what it lost.
+"""Recoveries: training after a technique that wins back some of what it lost (compress/pipeline.py
+chains them: `prune_l1@0.5+ft`).
 
 `+ft` fine-tunes the compressed weights themselves, keeping every zero the technique made;
 `+lora` and `+qlora` train a low-rank adapter beside frozen weights (compress/lowrank/lora.py).
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compress.base import Compressed, Context, Technique, Unsupported
+from compress.base import Compressed, Context, Unsupported
 from compress.lowrank import lora
 
 
@@ -54,27 +55,3 @@ def finetune(model: nn.Module, ctx: Context) -> Compressed:
 
 RECOVERIES = {"ft": finetune, "lora": lora.lora, "qlora": lora.qlora}
 
-
-def with_recovery(technique: Technique, suffix: str) -> Technique:
-    """`technique+suffix`: the technique, then the recovery RECOVERIES[suffix] of its model.
-
-    The result executes as the technique did (a recovery trains weights or adds an adapter;
-    it does not change how the technique's layers run);
-    the metric before recovery is reported as `before_recovery` when the caller can score it.
-    """
-    recover = RECOVERIES[suffix]
-
-    def transform(model: nn.Module, ctx: Context) -> Compressed:
-        if ctx.finetune is None:  # every recovery trains; know it before compressing
-            raise Unsupported(f"{technique.name}+{suffix} needs a fine-tune in Context.finetune")
-        out = technique.transform(model, ctx)
-        extras = dict(out.extras)
-        if ctx.evaluate is not None:
-            extras["before_recovery"] = ctx.evaluate(out.model.eval(), out.input_dtype)
-        recovered = recover(out.model, ctx)
-        return Compressed(recovered.model, out.execution, out.input_dtype, out.why_simulated,
-                          extras={**extras, **recovered.extras})
-
-    transform.__doc__ = f"{technique.doc} Then: {recover.__doc__}"
-    return Technique(f"{technique.name}+{suffix}", "pipeline", technique.real_on, transform,
-                     transform.__doc__, technique.kernel)

@@ -60,3 +60,44 @@ def test_a_wrong_conversion_fails_before_quantizing(small_llama, monkeypatch):
 def test_a_model_from_no_gguf_file_is_unsupported_with_the_way_out(small_llama):
     with pytest.raises(Unsupported, match="convert_hf_to_gguf"):
         get("gguf_q4_k_m").apply(small_llama, Context(example_input=torch.ones(1, 4).long()))
+
+
+# --- a model already on an int4 grid: written as it is -----------------------------------------
+
+
+def calibrated_context() -> Context:
+    ctx = context()
+    ctx.calibration = list(torch.randint(0, 49152, (4, 32), generator=torch.Generator()
+                                         .manual_seed(2)).split(2))
+    return ctx
+
+
+def test_gptq_to_q4_1_carries_gptqs_own_grid_into_the_file(small_llama):
+    gguf_py = pytest.importorskip("gguf")
+    gptq = get("gptq@32").apply(small_llama, calibrated_context()).model
+    runtime = get("gptq@32+gguf_q4_1").apply(small_llama, calibrated_context()).model
+    # Every matrix GPTQ quantized, the LM head too (stored apart from the bf16 embedding it
+    # was tied to, which lookups read as the torch model does).
+    assert runtime.types == {"Q4_1": 15, "BF16": 1}
+    tensors = {t.name: t for t in gguf_py.GGUFReader(str(runtime.artifact)).tensors}
+    stored = tensors["blk.1.ffn_down.weight"]
+    got = gguf_py.quants.dequantize(stored.data, stored.tensor_type)
+    # The torch model's weight, as its int4 kernel computes it (times the identity, in bf16).
+    weight = gptq.model.layers[1].mlp.down_proj.weight
+    eye = torch.eye(weight.shape[1], dtype=torch.bfloat16)
+    want = torch.nn.functional.linear(eye, weight).t().float()
+    assert relative_difference(torch.from_numpy(got), want) < 2 ** -8  # bf16's rounding
+    x = context().example_input
+    with torch.no_grad():
+        reference = gptq(x.long(), use_cache=False).logits.float()
+    assert relative_difference(runtime(x).logits, reference) < 0.05
+
+
+@pytest.mark.parametrize("name, why", [
+    ("gptq@32+gguf_q4_0", "gguf_q4_1 writes that grid as it is"),
+    ("hqq_bf16@64+gguf_q4_1", "a Q4_1 block holds 32"),
+    ("awq@32+gguf_q4_1", "AWQ's activation scale"),
+])
+def test_a_grid_gguf_cannot_hold_is_refused_with_the_reason(small_llama, name, why):
+    with pytest.raises(Unsupported, match=why):
+        get(name).apply(small_llama, calibrated_context())

@@ -42,6 +42,7 @@ PARAM_VALUE = {
     "openvino_int8": None,
     "gguf_q8_0": None,
     "gguf_q4_0": None,
+    "gguf_q4_1": None,
     "gguf_q4_k_m": None,
     "hqq_bf16": 64,
     "awq": 64,
@@ -82,6 +83,7 @@ FAMILY = {
     "openvino_int8": "export",
     "gguf_q8_0": "quantization",
     "gguf_q4_0": "quantization",
+    "gguf_q4_1": "quantization",
     "gguf_q4_k_m": "quantization",
     "hqq_bf16": "quantization",
     "awq": "quantization",
@@ -242,13 +244,36 @@ def test_non_numeric_param_raises_key_error(name):
     assert "could not convert" in message(excinfo)
 
 
-@pytest.mark.parametrize("name", ["int8_static+foo", "prune_l1@0.5+qat", "svd@0.9+", "fp16+ft+ft",
-                                  "prune_l1@0.5+FT"])
-def test_unknown_suffix_raises_key_error(name):
+@pytest.mark.parametrize("name", ["int8_static+foo", "prune_l1@0.5+qat", "svd@0.9+",
+                                  "prune_l1@0.5+FT", "gptq@32+gguf_q4_1+nope"])
+def test_unknown_stage_raises_key_error_naming_it(name):
     with pytest.raises(KeyError) as excinfo:
         get(name)
-    suffix = name.partition("+")[2]
-    assert f"unknown recovery '+{suffix}'" in message(excinfo)
+    stage = name.rpartition("+")[2]
+    assert f"unknown stage '+{stage}'" in message(excinfo)
+    for known in ("+ft", "+lora", "+qlora", *names()):  # what a stage may be
+        assert known in message(excinfo)
+
+
+def test_a_technique_stage_makes_a_pipeline_that_runs_as_its_last_stage():
+    first, last = get("gptq@32"), get("gguf_q4_1")
+    technique = get("gptq@32+gguf_q4_1")
+    assert technique.name == "gptq@32+gguf_q4_1" and technique.family == "pipeline"
+    assert technique.kernel == last.kernel  # the artifact is the last stage's
+    assert technique.real_on == tuple(d for d in last.real_on if d in first.real_on)
+
+
+def test_stages_chain_in_order_each_on_the_last_ones_model():
+    technique = get("prune_l1@0.5+ft+int8_dynamic+ft")
+    assert technique.name == "prune_l1@0.5+ft+int8_dynamic+ft"
+    assert technique.kernel == get("int8_dynamic").kernel
+
+
+def test_a_malformed_later_stage_is_named():
+    with pytest.raises(KeyError) as excinfo:
+        get("prune_l1@0.5+gptq")
+    assert "'gptq' in 'prune_l1@0.5+gptq' is malformed" in message(excinfo)
+    assert "gptq@<group>" in message(excinfo)
 
 
 @FAST

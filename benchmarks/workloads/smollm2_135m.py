@@ -67,6 +67,10 @@ CELLS = {
     "gptq@64": "full",
     "hqq_bf16@32": "full",
     "hqq_bf16@64": "full",
+    # Composed: GPTQ's own int4 grid carried into llama.cpp's Q4_1 blocks (not re-rounded);
+    # QLoRA's adapter trained beside GPTQ's frozen int4 weights.
+    "gptq@32+gguf_q4_1": "full",
+    "gptq@64+qlora": "full",
     "prune_l1@0.5": "full",
     # Pruning as LLMs are pruned without retraining: from the inputs' statistics.
     "wanda@0.5": "full",

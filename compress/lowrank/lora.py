@@ -1,9 +1,11 @@
 """LoRA and QLoRA with peft: a low-rank adapter trained beside every Linear of a frozen model.
 
 `lora` on its own adapts the reference (the control: what the same short fine-tune does without
-compression); `X+lora` recovers a pruned or factorized model, `X+qlora` a bitsandbytes 4- or
-8-bit one (QLoRA). The training is the workload's fine-tune (Context.finetune), which updates
-only what requires grad: here the adapter.
+compression); `X+lora` recovers a pruned or factorized model, `X+qlora` a quantized one (QLoRA):
+bitsandbytes 4- or 8-bit, or torchao's int4 CPU layout (gptq, awq, hqq_bf16, int4_bf16), whose
+kernel has no backward, so the adapter trains beside the same weights in float and is served
+beside the int4 ones. The training is the workload's fine-tune (Context.finetune), which
+updates only what requires grad: here the adapter.
 
 The cell serves the adapter beside its base, as peft loads it: merging into a 4-bit base would
 round the adapter into the 4-bit grid. The artifact therefore holds base and adapter, and the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ from torch import nn
 
 from compress.base import Compressed, Context, Unsupported, relative_difference
 from compress.quant.bnb import bnb_format, unpack_cpu_4bit
+from compress.quant.weight_only import dequantize_int4_cpu, int4_cpu_grid
 
 RANK, ALPHA = 16, 32  # alpha / rank = 2, as the LoRA and QLoRA papers' recipes use
 ADAPTER_SEED = 0
@@ -33,22 +37,28 @@ ADAPTER_SEED = 0
 # dequantized and then merged (fp32); its unmerged forward ran bitsandbytes' kernels, which
 # round more (bf16 arithmetic in the CPU 4-bit kernel, int8 activations in LLM.int8): measured
 # 0.014 on SmolLM2-135M with nf4, 0.002-0.006 on a tiny Llama.
-MERGE_TOLERANCE = {"float": 1e-4, "bitsandbytes": 0.05}
+# A torchao int4 base computes with bf16 activations (its unmerged forward) where the merged
+# model is dequantized: the same order of difference.
+MERGE_TOLERANCE = {"float": 1e-4, "quantized": 0.05}
 
 
 def lora(model: nn.Module, ctx: Context) -> Compressed:
     """A rank-16 LoRA adapter on every Linear (peft), trained by the workload's fine-tune."""
-    if bnb_format(model) != "float":
-        raise Unsupported("the model's weights are bitsandbytes-quantized: train its adapter "
-                          "with +qlora, which prepares a k-bit model for training")
+    if _quantized(model):
+        raise Unsupported("the model's weights are quantized (bitsandbytes or torchao int4): "
+                          "train its adapter with +qlora, which trains beside a frozen "
+                          "quantized model")
     return _adapt(model, ctx)
 
 
 def qlora(model: nn.Module, ctx: Context) -> Compressed:
-    """QLoRA: a rank-16 LoRA adapter trained on top of a frozen bitsandbytes 4- or 8-bit model."""
-    if bnb_format(model) == "float":
-        raise Unsupported("+qlora trains an adapter on a bitsandbytes model: put it after "
-                          "bnb_nf4, bnb_fp4 or bnb_int8, and use +lora on any other model")
+    """QLoRA: a rank-16 LoRA adapter trained on top of a frozen 4- or 8-bit model."""
+    if not _quantized(model):
+        raise Unsupported("+qlora trains an adapter on a quantized model: put it after "
+                          "bnb_nf4, bnb_fp4, bnb_int8 or a torchao int4 technique (gptq, awq, "
+                          "hqq_bf16, int4_bf16), and use +lora on any other model")
+    if bnb_format(model) == "float":  # torchao int4: the adapter trains beside float copies
+        return _adapt(model, ctx)
     peft = _peft()
     # Freezes the base and keeps norms in fp32; no gradient checkpointing (memory is not short
     # at this size, and it would only slow the fine-tune).
@@ -73,7 +83,8 @@ def _adapt(model: nn.Module, ctx: Context) -> Compressed:
     except ValueError as err:  # e.g. no Linear layer peft can target
         raise Unsupported(f"peft cannot put a LoRA adapter on this model: {err}") from err
     trainable, total = adapted.get_nb_trainable_parameters()
-    ctx.finetune(adapted)
+    with _trainable(adapted):
+        ctx.finetune(adapted)
     adapted.eval()
     extras = {"adapter_bytes": float(_adapter_bytes(adapted)),
               "trainable_pct": 100.0 * trainable / total,
@@ -81,22 +92,40 @@ def _adapt(model: nn.Module, ctx: Context) -> Compressed:
     return Compressed(adapted, "real", extras=extras)
 
 
+def _quantized(model: nn.Module) -> bool:
+    return bnb_format(model) != "float" or any(
+        int4_cpu_grid(m.weight) is not None for m in model.modules() if isinstance(m, nn.Linear))
+
+
+@contextmanager
+def _trainable(model: nn.Module):
+    """While the adapter trains, torchao int4 layers hold their values in float (their kernel
+    has no backward); the packed weights are put back for serving."""
+    packed = dequantize_int4_cpu(model)
+    try:
+        yield
+    finally:
+        for layer, weight in packed.items():
+            layer.weight = weight
+
+
 def _merge_check(adapted: nn.Module, example: torch.Tensor) -> float:
     """How far merge_and_unload moves the logits on `example`; fails past MERGE_TOLERANCE.
 
-    A bitsandbytes base is dequantized first, the way a QLoRA adapter is merged for shipping:
+    A quantized base is dequantized first, the way a QLoRA adapter is merged for shipping:
     peft's merge into the 4-bit weights would quantize the adapter's small updates away.
     """
     peft = _peft()
-    quantized = bnb_format(adapted) != "float"
-    tolerance = MERGE_TOLERANCE["bitsandbytes" if quantized else "float"]
+    quantized = _quantized(adapted)
+    tolerance = MERGE_TOLERANCE["quantized" if quantized else "float"]
     with torch.inference_mode():
         unmerged = _logits(adapted(example))
     base = copy.deepcopy(adapted)
     unpack_cpu_4bit(base)
     base = base.unload()  # the base model without the adapter layers
-    if quantized:
+    if bnb_format(base) != "float":
         base = base.dequantize()
+    dequantize_int4_cpu(base)
     fresh = peft.get_peft_model(base, adapted.peft_config["default"])
     peft.set_peft_model_state_dict(fresh, peft.get_peft_model_state_dict(adapted))
     merged = fresh.merge_and_unload().eval()

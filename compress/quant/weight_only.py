@@ -13,6 +13,7 @@ int4 layout) and `int8_bf16` (Inductor's int8 weight-only matmul, under torch.co
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -127,6 +128,57 @@ def _int4_cpu(name: str, group_size: float, algorithm: str):
         return Compressed(model, "real", input_dtype=torch.bfloat16)
 
     return transform
+
+
+class Int4Grid(NamedTuple):
+    """A weight on torchao's int4 CPU grid: w = (levels - 8) * scale + zero, per (row, group)."""
+
+    levels: torch.Tensor  # rows x columns, 0..15
+    scale: torch.Tensor  # rows x groups, fp32 (the bf16 values the kernel reads)
+    zero: torch.Tensor
+    # AWQ's per-input scale the activations are multiplied by first; None for the others.
+    act_pre_scale: torch.Tensor | None
+
+    @property
+    def group(self) -> int:
+        return self.levels.shape[1] // self.scale.shape[1]
+
+
+def int4_cpu_grid(weight: torch.Tensor) -> Int4Grid | None:
+    """The grid of a weight packed for torchao's int4 CPU kernel (int4_bf16, hqq_bf16, awq,
+    gptq), read back exactly; None for any other weight."""
+    if type(weight).__name__ != "Int4OpaqueTensor":
+        return None
+    group = weight.block_size[-1]
+    scale_and_zero = weight.scale_and_zero.float()  # groups x rows x (scale, zero)
+    # The packed layout is the kernel's own; its product with the identity in fp32 is the
+    # weight, exactly: (q - 8) * scale + zero of bf16 scale and zero.
+    columns = weight.shape[1]
+    dense = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        torch.eye(columns), weight.qdata, group, scale_and_zero).t()
+    scale = scale_and_zero[..., 0].t().contiguous()
+    zero = scale_and_zero[..., 1].t().contiguous()
+    levels = ((dense - zero.repeat_interleave(group, 1)) / scale.repeat_interleave(group, 1)
+              + 8).round().to(torch.uint8)
+    return Int4Grid(levels, scale, zero, weight.act_pre_scale)
+
+
+def dequantize_int4_cpu(model: nn.Module) -> dict[nn.Linear, torch.Tensor]:
+    """Give every Linear on torchao's int4 CPU grid a frozen float weight of the values it
+    computes with (AWQ's activation scale folded in), in place; returns the packed weights,
+    by layer, to put back. (The int4 kernel has no backward: nothing trains through it.)"""
+    packed = {}
+    for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+        grid = int4_cpu_grid(layer.weight)
+        if grid is None:
+            continue
+        dense = ((grid.levels.float() - 8) * grid.scale.repeat_interleave(grid.group, 1)
+                 + grid.zero.repeat_interleave(grid.group, 1))
+        if grid.act_pre_scale is not None:
+            dense = dense * grid.act_pre_scale.float().reshape(1, -1)
+        packed[layer] = layer.weight
+        layer.weight = nn.Parameter(dense.to(layer.weight.dtype), requires_grad=False)
+    return packed
 
 
 def int8_bf16(model: nn.Module, ctx: Context) -> Compressed:

@@ -1,9 +1,15 @@
 """llama.cpp: a causal LM written to GGUF, quantized by llama.cpp's own quantizer, run by it.
 
-`gguf_q8_0`, `gguf_q4_0`, `gguf_q4_k_m` write the model's own weights (not the file it came
-from) to an fp32 GGUF with the `gguf` package, keeping the source GGUF's tokenizer and metadata,
-check that llama.cpp runs that file as the model, then quantize it with `llama_model_quantize`
-(llama-quantize's code) and run the result through llama-cpp-python. The artifact is that file.
+`gguf_q8_0`, `gguf_q4_0`, `gguf_q4_1`, `gguf_q4_k_m` write the model's own weights (not the file
+it came from) to an fp32 GGUF with the `gguf` package, keeping the source GGUF's tokenizer and
+metadata, check that llama.cpp runs that file as the model, then quantize it with
+`llama_model_quantize` (llama-quantize's code) and run the result through llama-cpp-python. The
+artifact is that file.
+
+A model whose weights are already on an int4 grid in groups of 32 (`gptq@32+gguf_q4_1`, or
+hqq_bf16, int4_bf16) is written as it is instead: Q4_1 blocks hold an asymmetric grid of 32
+weights (w = d * q + m), so each block takes the grid the technique chose, where llama-quantize
+would round the dequantized weights once more onto min/max grids of its own.
 
 llama.cpp picks its own type per tensor: a tensor whose rows do not divide into a K-quant's
 256-weight super-blocks falls back to a legacy type (SmolLM2's 576-wide layers: Q4_K -> Q5_0),
@@ -27,10 +33,15 @@ import torch
 from torch import nn
 
 from compress.base import Compressed, Context, StoredTensor, Unsupported, relative_difference
+from compress.quant.weight_only import Int4Grid, int4_cpu_grid
 
 # The quantization types offered, by llama-quantize's names (its ftype constants).
 FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
-          "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+          "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+# How far a Q4_1 file's weights may be from the int4 grid it carries, relative to the largest:
+# its offset m = zero - 8 * scale is rounded to fp16 (2^-11 of |m|, well below 1e-3 of the row).
+GRID_RTOL = 1e-3
+Q4_1_BLOCK = 32
 # What llama.cpp computes the fp32 file with differs from torch's fp32 by summation order only.
 F32_RTOL = 1e-3
 # A quantized ggml type: the kernel that proves a llama.cpp cell runs low-bit.
@@ -54,11 +65,16 @@ def gguf(ftype: str) -> Callable[[nn.Module, Context], Compressed]:
                               "the GGUF file it was loaded from (Context.source_file), and this "
                               "model came from no GGUF file: convert it with llama.cpp's "
                               "convert_hf_to_gguf.py")
-        if ctx.example_input is None:
-            raise Unsupported(f"gguf_{ftype} checks the fp32 file on Context.example_input")
         folder = tempfile.TemporaryDirectory(prefix=f"compress-gguf-{ftype}-")
         f32, quantized = Path(folder.name) / "f32.gguf", Path(folder.name) / f"{ftype}.gguf"
-        write_f32(model, Path(source), f32, gguf_py)
+        grids = {name: grid for name, weight in model.named_parameters()
+                 if (grid := int4_cpu_grid(weight)) is not None}
+        if grids:
+            write_grids(model, grids, ftype, Path(source), quantized, llama_cpp, gguf_py)
+            return Compressed(LlamaCpp(quantized, folder), "real")
+        if ctx.example_input is None:
+            raise Unsupported(f"gguf_{ftype} checks the fp32 file on Context.example_input")
+        write_gguf(model, model.state_dict(), Path(source), f32, gguf_py, file_type=0)
         _check_same(model, LlamaCpp(f32, None), ctx.example_input)
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = getattr(llama_cpp, FTYPES[ftype])
@@ -128,22 +144,69 @@ def _quiet(llama_cpp) -> None:
         llama_cpp.llama_log_set(_quiet.callback, ctypes.c_void_p(0))
 
 
-def write_f32(model: nn.Module, source: Path, path: Path, gguf_py) -> None:
-    """The model's weights as an fp32 GGUF, with its own shape and every other key of
-    `source` (tokenizer, chat template, names)."""
+def write_grids(model: nn.Module, grids: dict[str, Int4Grid], ftype: str, source: Path,
+                path: Path, llama_cpp, gguf_py) -> None:
+    """A model already on torchao's int4 grid as a GGUF whose Q4_1 blocks hold that grid; every
+    other tensor keeps its values (bf16 matrices as BF16, vectors as F32)."""
+    group = next(iter(grids.values())).group
+    if ftype != "q4_1":
+        raise Unsupported(f"gguf_{ftype}: the model's weights are already int4 (asymmetric, "
+                          f"groups of {group}); gguf_q4_1 writes that grid as it is, where "
+                          f"{ftype.upper()} would round it once more onto a grid of its own")
+    for name, grid in grids.items():
+        if grid.act_pre_scale is not None:
+            raise Unsupported(f"gguf_q4_1: {name} multiplies its inputs by AWQ's activation "
+                              "scale first, which a Q4_1 block cannot hold")
+        if grid.group != Q4_1_BLOCK:
+            raise Unsupported(f"gguf_q4_1: {name} is quantized in groups of {grid.group} inputs "
+                              f"and a Q4_1 block holds {Q4_1_BLOCK}: quantize with groups of "
+                              f"{Q4_1_BLOCK} (e.g. gptq@{Q4_1_BLOCK}+gguf_q4_1)")
+    state = {}
+    for name, tensor in model.state_dict().items():
+        grid = grids.get(name)
+        state[name] = tensor if grid is None else _q4_1_blocks(name, grid, gguf_py)
+    write_gguf(model, state, source, path, gguf_py,
+               file_type=int(getattr(llama_cpp, FTYPES[ftype])))
+
+
+def _q4_1_blocks(name: str, grid: Int4Grid, gguf_py) -> torch.Tensor:
+    """ggml's block_q4_1 of each 32 weights of a row (fp16 d, fp16 m, 16 bytes of levels: the
+    first 16 in the low nibbles, the last 16 in the high), checked by gguf's own dequantizer."""
+    rows, columns = grid.levels.shape
+    blocks = columns // Q4_1_BLOCK
+    levels = grid.levels.reshape(rows, blocks, 2, Q4_1_BLOCK // 2)
+    nibbles = levels[:, :, 0] | (levels[:, :, 1] << 4)
+    d = grid.scale.half().reshape(rows, blocks, 1).view(torch.uint8)
+    m = (grid.zero - 8 * grid.scale).half().reshape(rows, blocks, 1).view(torch.uint8)
+    out = torch.cat([d, m, nibbles], dim=-1).reshape(rows, -1)
+    want = ((grid.levels.float() - 8) * grid.scale.repeat_interleave(Q4_1_BLOCK, 1)
+            + grid.zero.repeat_interleave(Q4_1_BLOCK, 1))
+    got = torch.from_numpy(gguf_py.quants.dequantize(out.numpy(), gguf_py.GGMLQuantizationType
+                                                     .Q4_1).reshape(rows, columns))
+    worst = relative_difference(got, want)
+    if not worst <= GRID_RTOL:
+        raise AssertionError(f"gguf_q4_1: the Q4_1 blocks of {name} hold weights {worst:.3g} of "
+                             f"the largest away from its int4 grid (allowed {GRID_RTOL:g})")
+    return out
+
+
+def write_gguf(model: nn.Module, state: dict[str, torch.Tensor], source: Path, path: Path,
+               gguf_py, file_type: int) -> None:
+    """`state` (the model's weights by their transformers names) as a GGUF, with the model's own
+    shape and every other key of `source` (tokenizer, chat template, names). Float tensors are
+    written in fp32, bf16 matrices as BF16, uint8 ones as the Q4_1 blocks they hold."""
     reader = gguf_py.GGUFReader(str(source))
     arch = reader.get_field("general.architecture").contents()
     if arch != "llama":
         raise Unsupported(f"gguf: the source file holds a {arch!r} model; only Llama-family "
                           "models are mapped here")
-    weights = gguf_tensors(model)
     writer = gguf_py.GGUFWriter(str(path), arch=arch, endianess=reader.endianess)
     shape = hyperparameters(model.config)
     for field in reader.fields.values():
         if field.name in shape or field.name == "general.architecture" \
                 or field.name.startswith("GGUF."):
             continue  # the model's own shape, below; the writer writes the others itself
-        value = 0 if field.name == "general.file_type" else field.contents()  # 0: all fp32
+        value = file_type if field.name == "general.file_type" else field.contents()
         array = field.types[0] == gguf_py.GGUFValueType.ARRAY
         writer.add_key_value(field.name, value, field.types[0],
                              sub_type=field.types[-1] if array else None)
@@ -151,8 +214,15 @@ def write_f32(model: nn.Module, source: Path, path: Path, gguf_py) -> None:
         kind = gguf_py.GGUFValueType.FLOAT32 if isinstance(value, float) \
             else gguf_py.GGUFValueType.UINT32
         writer.add_key_value(name, value, kind)
-    for name, weight in weights.items():
-        writer.add_tensor(name, weight)
+    kinds = gguf_py.GGMLQuantizationType
+    for name, tensor in gguf_tensors(model, state).items():
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.dtype == torch.uint8:
+            writer.add_tensor(name, tensor.numpy(), raw_dtype=kinds.Q4_1)
+        elif tensor.dtype == torch.bfloat16 and tensor.dim() > 1:
+            writer.add_tensor(name, tensor.view(torch.uint8).numpy(), raw_dtype=kinds.BF16)
+        else:
+            writer.add_tensor(name, tensor.float().numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -178,15 +248,16 @@ def hyperparameters(config) -> dict[str, int | float]:
     }
 
 
-def gguf_tensors(model: nn.Module) -> dict[str, np.ndarray]:
+def gguf_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A transformers Llama's weights under their GGUF names, as llama.cpp lays them out: the
     query and key rows of each head interleaved for its rotary embedding (convert_hf_to_gguf's
-    permute), a tied LM head stored once as the token embedding."""
+    permute), an LM head that is the token embedding stored once as the latter."""
     config = model.config
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     out = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):
+    for name, tensor in state.items():
+        if name == "lm_head.weight" and tied:
             continue
         if name in _GLOBAL:
             out[_GLOBAL[name]] = tensor
@@ -200,7 +271,7 @@ def gguf_tensors(model: nn.Module) -> dict[str, np.ndarray]:
         elif key == "self_attn.k_proj":
             tensor = _rotary_rows(tensor, kv_heads)
         out[f"blk.{parts[2]}.{_LAYER[key]}.{parts[-1]}"] = tensor
-    return {name: t.detach().float().cpu().contiguous().numpy() for name, t in out.items()}
+    return out
 
 
 def _rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:

@@ -1,0 +1,57 @@
+"""Pipelines: `a+b+c`, each stage applied to the model the stage before it made.
+
+A stage after the first is a technique (`gptq@32+gguf_q4_1`: GPTQ's int4 grid written to GGUF
+and run by llama.cpp) or a recovery (`prune_l1@0.5+ft`, compress/recover.py). A pipeline
+executes as its last stage does and ships the last stage's artifact; the metric after every
+earlier stage is reported beside the cell's, when the caller can score it: `before_recovery`
+before a recovery, `after_<stage>` after a technique.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from compress.base import Compressed, Context, Technique, Unsupported
+from compress.recover import RECOVERIES
+
+
+def then(first: Technique, second: Technique) -> Technique:
+    """`first+second`: `second` compresses the model `first` made."""
+
+    def transform(model: nn.Module, ctx: Context) -> Compressed:
+        out = first.transform(model, ctx)
+        extras = dict(out.extras)
+        if ctx.evaluate is not None:
+            extras[f"after_{first.name}"] = ctx.evaluate(out.model.eval(), out.input_dtype)
+        last = second.transform(out.model, ctx)
+        return Compressed(last.model, last.execution, last.input_dtype, last.why_simulated,
+                          extras={**extras, **last.extras})
+
+    transform.__doc__ = f"{first.doc} Then: {second.doc}"
+    real_on = tuple(device for device in second.real_on if device in first.real_on)
+    return Technique(f"{first.name}+{second.name}", "pipeline", real_on, transform,
+                     transform.__doc__, second.kernel)
+
+
+def with_recovery(technique: Technique, suffix: str) -> Technique:
+    """`technique+suffix`: the technique, then the recovery RECOVERIES[suffix] of its model.
+
+    The result executes as the technique did (a recovery trains weights or adds an adapter;
+    it does not change how the technique's layers run).
+    """
+    recover = RECOVERIES[suffix]
+
+    def transform(model: nn.Module, ctx: Context) -> Compressed:
+        if ctx.finetune is None:  # every recovery trains; know it before compressing
+            raise Unsupported(f"{technique.name}+{suffix} needs a fine-tune in Context.finetune")
+        out = technique.transform(model, ctx)
+        extras = dict(out.extras)
+        if ctx.evaluate is not None:
+            extras["before_recovery"] = ctx.evaluate(out.model.eval(), out.input_dtype)
+        recovered = recover(out.model, ctx)
+        return Compressed(recovered.model, out.execution, out.input_dtype, out.why_simulated,
+                          extras={**extras, **recovered.extras})
+
+    transform.__doc__ = f"{technique.doc} Then: {recover.__doc__}"
+    return Technique(f"{technique.name}+{suffix}", "pipeline", technique.real_on, transform,
+                     transform.__doc__, technique.kernel)
