@@ -53,7 +53,12 @@ def _shards(config: pytest.Config) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Sharding with pytest-xdist (`-n N`): each worker gets a core of its own, so timed cells
-    never share a core; the controller starts from an empty shard folder."""
+    never share a core; the controller starts from an empty shard folder. Each model family
+    is a mark that selects its cells (`-m language`)."""
+    from benchmarks.workloads.base import FAMILIES
+
+    for family in FAMILIES:
+        config.addinivalue_line("markers", f"{family}: a matrix cell of the {family} family")
     worker = _worker(config)
     if worker is None:
         if getattr(config.option, "numprocesses", None):

@@ -136,9 +136,7 @@ def test_a_sharded_run_reports_what_a_serial_run_reports(pytester: pytest.Pytest
     controller died with EOFError.)"""
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(compress_bench_conftest=(REPO / "conftest.py").read_text())
-    for family in ("classification", "detection"):
-        pytester.makepyfile(**{f"test_{family}": (REPO / "benchmarks" / f"test_{family}.py")
-                               .read_text()})
+    pytester.makepyfile(test_matrix=(REPO / "benchmarks" / "test_matrix.py").read_text())
     baselines = pytester.path / "baselines"
     _bless(baselines, monkeypatch)
 

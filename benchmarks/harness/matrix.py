@@ -1,4 +1,4 @@
-"""The matrix tests every `benchmarks/test_<family>.py` runs: its references, then its cells."""
+"""The matrix tests benchmarks/test_matrix.py runs: the references, then the cells."""
 
 from __future__ import annotations
 
@@ -11,23 +11,28 @@ from benchmarks.harness.measure import threads
 from benchmarks.workloads import cells
 
 
-def references(family: str):
-    """Parametrize a test over the family's workloads (their reference models); a workload
-    with no PR cell is loaded and scored only in the full tier."""
+def references():
+    """Parametrize a test over the workloads (their reference models), each marked with its
+    family; a workload with no PR cell is loaded and scored only in the full tier."""
     tiers: dict[str, set[str]] = {}
-    for workload, _, tier in cells(family):
-        tiers.setdefault(workload, set()).add(tier)
-    params = [pytest.param(workload, id=workload,
-                           marks=[] if "pr" in tiers[workload] else [pytest.mark.full])
-              for workload in sorted(tiers)]
+    families: dict[str, str] = {}
+    for cell in cells():
+        tiers.setdefault(cell.workload, set()).add(cell.tier)
+        families[cell.workload] = cell.family
+    params = [pytest.param(workload, id=workload, marks=[
+        getattr(pytest.mark, families[workload]),
+        *([] if "pr" in tiers[workload] else [pytest.mark.full])])
+        for workload in sorted(tiers)]
     return pytest.mark.parametrize("workload", params)
 
 
-def compressions(family: str):
-    """Parametrize a test over the family's cells; full-tier cells get the `full` mark."""
-    params = [pytest.param(workload, technique, id=f"{workload}-{technique}",
-                           marks=[pytest.mark.full] if tier == "full" else [])
-              for workload, technique, tier in cells(family)]
+def compressions():
+    """Parametrize a test over every cell, marked with its family; full-tier cells also get
+    the `full` mark."""
+    params = [pytest.param(cell.workload, cell.technique, id=f"{cell.workload}-{cell.technique}",
+                           marks=[getattr(pytest.mark, cell.family),
+                                  *([pytest.mark.full] if cell.tier == "full" else [])])
+              for cell in cells()]
     return pytest.mark.parametrize(("workload", "technique"), params)
 
 

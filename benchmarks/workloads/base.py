@@ -24,6 +24,8 @@ from tqdm import tqdm
 from benchmarks.harness.measure import threads
 
 TIERS = ("pr", "full")
+# The study's four model families; each is a pytest mark on its cells (`-m language`).
+FAMILIES = ("classification", "detection", "language", "generative")
 
 
 @dataclass(frozen=True)
