@@ -24,6 +24,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where the ledger, Markdown report and plots are written")
     group.addoption("--baselines-dir", default=str(ROOT / "baselines"),
                     help="the stored baselines, one folder per hardware class")
+    group.addoption("--workloads", action="append", default=[], metavar="MODULE",
+                    help="run these workloads only: a .py file, a dotted module name or a "
+                         "registered workload's name (repeatable); see 'Bring your own model'")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -55,8 +58,14 @@ def pytest_configure(config: pytest.Config) -> None:
     """Sharding with pytest-xdist (`-n N`): each worker gets a core of its own, so timed cells
     never share a core; the controller starts from an empty shard folder. Each model family
     is a mark that selects its cells (`-m language`)."""
+    from benchmarks import workloads
     from benchmarks.workloads.base import FAMILIES
 
+    if config.getoption("--workloads"):
+        try:
+            workloads.use(config.getoption("--workloads"))
+        except ValueError as err:
+            raise pytest.UsageError(str(err)) from None
     for family in FAMILIES:
         config.addinivalue_line("markers", f"{family}: a matrix cell of the {family} family")
     worker = _worker(config)

@@ -11,7 +11,7 @@ from benchmarks.harness.cell import measure_reference, run_cell
 from benchmarks.harness.compare import LedgerCell
 from benchmarks.harness.verdict import baseline_entry, judge
 from benchmarks.workloads.base import Probe, Score, Workload, evaluation
-from benchmarks.workloads.smollm2_135m import Distributions, fidelity
+from benchmarks.workloads.causal_lm import Distributions, fidelity
 
 
 class TinyLM(nn.Module):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from benchmarks.workloads.base import train
-from benchmarks.workloads.smollm2_135m import next_token_loss
+from benchmarks.workloads.causal_lm import next_token_loss
 from compress import Context, Unsupported, get
 from compress.lowrank import lora as lora_module
 from compress.quant.bnb import unpack_cpu_4bit

@@ -1,7 +1,17 @@
-"""The workloads: one module each (NAME, FAMILY, CELLS scope, load()), registered here."""
+"""The workloads: one module each (NAME, FAMILY, CELLS scope, load()), registered here.
+
+A user's own workloads live outside the repository: `--workloads my_llm.py` (a file or a
+dotted module name) makes the matrix those workloads, and a package's
+`compress_bench.workloads` entry points add theirs to it.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
 
@@ -23,6 +33,65 @@ WORKLOADS: dict[str, ModuleType] = {
     m.NAME: m for m in (fmnist_cnn, fmnist_mobilenetv2, smollm2_135m, minilm_l6,
                        fmnist_det_yolov8n, craft_text,
                        esrgan_animevideov3, esrgan_x4plus, fmnist_vae)}
+
+
+CONTRACT = ("NAME", "FAMILY", "CELLS", "load")  # what a workload module defines
+ENTRY_POINTS = "compress_bench.workloads"
+
+
+def use(specs: list[str]) -> None:
+    """Make the matrix exactly these workloads: each a module file (`my_llm.py`), a dotted
+    module name, or the name of a workload already registered (`smollm2-135m`)."""
+    chosen = {}
+    for spec in specs:
+        module = WORKLOADS.get(spec) or _import(spec)
+        chosen[module.NAME] = module
+    WORKLOADS.clear()
+    WORKLOADS.update(chosen)
+
+
+def register(module: ModuleType, origin: str) -> ModuleType:
+    """Check that a module keeps the workload contract, and add it to the matrix."""
+    missing = [name for name in CONTRACT if not hasattr(module, name)]
+    if missing:
+        raise ValueError(f"{origin}: a workload module defines {', '.join(CONTRACT)}; this one "
+                         f"lacks {', '.join(missing)} (see benchmarks/workloads/smollm2_135m.py)")
+    if module.NAME in WORKLOADS and WORKLOADS[module.NAME] is not module:
+        raise ValueError(f"{origin}: a workload named {module.NAME!r} is already registered; "
+                         "give yours another NAME (it names its baselines file too)")
+    WORKLOADS[module.NAME] = module
+    return module
+
+
+def _import(spec: str) -> ModuleType:
+    if spec.endswith(".py"):
+        path = Path(spec).resolve()
+        if not path.is_file():
+            raise ValueError(f"--workloads {spec}: no such file (paths are relative to the "
+                             "folder pytest runs in: the repository's, under nox)")
+        name = f"compress_bench_workload_{path.stem}"
+        loader = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[name] = module  # so that pytest-xdist workers and pickle find it
+        loader.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(spec)
+        except ModuleNotFoundError as err:
+            raise ValueError(f"--workloads {spec}: neither a registered workload ("
+                             f"{', '.join(WORKLOADS)}), a .py file nor an importable module: "
+                             f"{err}") from None
+    return register(module, spec)
+
+
+def _installed() -> None:
+    """The workloads installed packages declare under the `compress_bench.workloads` entry
+    point group (each entry point a workload module)."""
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        register(entry.load(), f"entry point {entry.name} ({entry.value})")
+
+
+_installed()
 
 
 class Cell(NamedTuple):
@@ -66,4 +135,4 @@ def _canonical(technique: str) -> tuple:
     return tuple((base, float(value) if at else None) for base, at, value in stages)
 
 
-__all__ = ["WORKLOADS", "Cell", "Workload", "cells"]
+__all__ = ["WORKLOADS", "Cell", "Workload", "cells", "register", "use"]
