@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.harness.measure import artifact_size, threads
+from benchmarks.harness.measure import artifact_size
+from benchmarks.threads import threads
 from compress import Context, Unsupported, export, get, kernels
 from compress.kernels import operators
 

@@ -3,6 +3,7 @@ never a silent pass, never a bare traceback."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from benchmarks.harness.verdict import (
     read_baseline,
     reference_entry,
 )
-from benchmarks.workloads import base
+from benchmarks.workloads import cache as refs
 from tests.test_verdict import make_record
 
 HARDWARE = "cpu-test"
@@ -213,18 +214,18 @@ def cache(tmp_path, monkeypatch):
     """The cache in tmp_path, trained by a stand-in for the capped child that does what the
     real child does (`_train_and_save`); `trained` counts its trainings."""
     monkeypatch.setenv("COMPRESS_BENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(base.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(refs.platform, "machine", lambda: "x86_64")
     trained = []
 
     def child(argv, env, cwd):
-        trained.append(env[base._TRAINING])
-        base._train_and_save("w", Recipe(), lambda: nn.Linear(2, 2), Path(env[base._TRAINING]))
+        trained.append(env[refs._TRAINING])
+        refs._train_and_save("w", Recipe(), lambda: nn.Linear(2, 2), Path(env[refs._TRAINING]))
         return SimpleNamespace(returncode=0)
 
-    monkeypatch.setattr(base.subprocess, "run", child)
+    monkeypatch.setattr(refs.subprocess, "run", child)
 
     def load():
-        return base.cached_state_dict("w", Recipe(), build=lambda: pytest.fail("in-process"))
+        return refs.cached_state_dict("w", Recipe(), build=lambda: pytest.fail("in-process"))
 
     return SimpleNamespace(load=load, trained=trained)
 
@@ -253,7 +254,7 @@ def test_a_corrupt_cache_entry_is_moved_aside_said_and_retrained(cache, capsys, 
     error, nor is silently used: it is kept as <file>.corrupt, named on stderr, and retrained."""
     state, path = cache.load()
     sidecar = path.with_name(f"{path.name}.sha256")
-    assert sidecar.read_text().split()[0] == base.hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sidecar.read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest()
     fault(path)
     damaged = path.read_bytes()
     if not keep_sidecar:
@@ -267,7 +268,7 @@ def test_a_corrupt_cache_entry_is_moved_aside_said_and_retrained(cache, capsys, 
     [line] = [x for x in capsys.readouterr().err.splitlines() if " is corrupt " in x]
     assert f"the cached reference model {path} is corrupt ({why}" in line
     assert f"moved it to {corrupt.name}" in line
-    assert sidecar.read_text().split()[0] == base.hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sidecar.read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest()
     cache.load()
     assert len(cache.trained) == 2  # the retrained entry verifies
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.workloads.base import train
 from benchmarks.workloads.causal_lm import next_token_loss
+from benchmarks.workloads.training import train
 from compress import Context, Unsupported, get
 from compress.lowrank import lora as lora_module
 from compress.quant.bnb import unpack_cpu_4bit

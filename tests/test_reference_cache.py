@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.workloads import base
+from benchmarks.workloads import cache, training
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,10 @@ def test_weight_hash_ignores_the_file_and_sees_every_weight(tmp_path):
         torch.save(state, tmp_path / name)
     loaded = [torch.load(tmp_path / n, weights_only=True) for n in ("a.pt", "b.pt")]
     assert (tmp_path / "a.pt").read_bytes() != (tmp_path / "b.pt").read_bytes()
-    assert base.state_sha256(loaded[0]) == base.state_sha256(loaded[1])
+    assert cache.state_sha256(loaded[0]) == cache.state_sha256(loaded[1])
     changed = {k: v.clone() for k, v in state.items()}
     changed["bias"][0] = torch.nextafter(changed["bias"][0], torch.tensor(1.0))
-    assert base.state_sha256(changed) != base.state_sha256(state)
+    assert cache.state_sha256(changed) != cache.state_sha256(state)
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 only")
@@ -36,24 +36,24 @@ def test_training_runs_in_a_child_with_the_isa_capped(tmp_path, monkeypatch):
 
     def child(argv, env, cwd):  # stands in for the child: writes the checkpoint it is asked
         seen.update(argv=argv, env=env)
-        torch.save(nn.Linear(2, 2).state_dict(), env[base._TRAINING])
+        torch.save(nn.Linear(2, 2).state_dict(), env[cache._TRAINING])
         return type("Done", (), {"returncode": 0})()
 
-    monkeypatch.setattr(base.subprocess, "run", child)
-    state, path = base.cached_state_dict("some-workload", Recipe(), build=lambda: 1 / 0)
+    monkeypatch.setattr(cache.subprocess, "run", child)
+    state, path = cache.cached_state_dict("some-workload", Recipe(), build=lambda: 1 / 0)
     assert set(state) == {"weight", "bias"} and path.exists()
-    assert all(seen["env"][k] == v for k, v in base.ISA_CAPS.items())
+    assert all(seen["env"][k] == v for k, v in cache.ISA_CAPS.items())
     assert "WORKLOADS['some-workload'].load()" in seen["argv"][-1]
     # Cached: the second call trains nothing.
-    monkeypatch.setattr(base.subprocess, "run", lambda *a, **k: pytest.fail("retrained"))
-    assert base.cached_state_dict("some-workload", Recipe(), build=lambda: 1 / 0)[1] == path
+    monkeypatch.setattr(cache.subprocess, "run", lambda *a, **k: pytest.fail("retrained"))
+    assert cache.cached_state_dict("some-workload", Recipe(), build=lambda: 1 / 0)[1] == path
 
 
 def test_the_child_trains_in_process(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESS_BENCH_CACHE", str(tmp_path))
-    path = tmp_path / f"w-{base.recipe_key(Recipe())}.pt"
-    monkeypatch.setenv(base._TRAINING, str(path))
-    state, got = base.cached_state_dict("w", Recipe(), build=lambda: nn.Linear(3, 1))
+    path = tmp_path / f"w-{cache.recipe_key(Recipe())}.pt"
+    monkeypatch.setenv(cache._TRAINING, str(path))
+    state, got = cache.cached_state_dict("w", Recipe(), build=lambda: nn.Linear(3, 1))
     assert got == path and path.exists() and state["weight"].shape == (1, 3)
 
 
@@ -61,11 +61,11 @@ def test_training_on_cuda_uses_deterministic_kernels_and_restores_the_settings()
     # No GPU needed: the switch only sets torch's flags. On an H100 two runs of one +ft cell
     # differed by up to 3.8 points without it.
     assert not torch.are_deterministic_algorithms_enabled()
-    with base.deterministic(torch.device("cuda")):
+    with training.deterministic(torch.device("cuda")):
         assert torch.are_deterministic_algorithms_enabled()
         assert not torch.backends.cudnn.benchmark
     assert not torch.are_deterministic_algorithms_enabled()
-    with base.deterministic(torch.device("cpu")):  # CPU training is deterministic already
+    with training.deterministic(torch.device("cpu")):  # CPU training is deterministic already
         assert not torch.are_deterministic_algorithms_enabled()
 
 
@@ -79,7 +79,7 @@ def test_training_for_max_steps_takes_that_many_steps_from_a_split_with_a_ragged
         steps.append(len(idx))
         return m(torch.ones(len(idx), 2)).pow(2).mean()
 
-    base.train(model, batch_loss, 15, batch_size=8, lr=1e-3, seed=0, max_steps=100, desc="t")
+    training.train(model, batch_loss, 15, batch_size=8, lr=1e-3, seed=0, max_steps=100, desc="t")
     assert steps == [8] * 100
     with pytest.raises(ValueError, match="max_steps"):
-        base.train(model, batch_loss, 15, batch_size=8, lr=1e-3, seed=0, desc="t")
+        training.train(model, batch_loss, 15, batch_size=8, lr=1e-3, seed=0, desc="t")

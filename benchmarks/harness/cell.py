@@ -21,10 +21,10 @@ from benchmarks.harness.measure import (
     artifact_size,
     interleaved_latency,
     peak_batch_bytes,
-    threads,
 )
 from benchmarks.harness.provenance import provenance
 from benchmarks.harness.record import Record
+from benchmarks.threads import threads
 from benchmarks.workloads.base import Score, Workload
 from compress import kernels
 

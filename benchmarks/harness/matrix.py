@@ -7,7 +7,7 @@ import torch
 
 import compress
 from benchmarks.harness.cell import as_input
-from benchmarks.harness.measure import threads
+from benchmarks.threads import threads
 from benchmarks.workloads import cells
 
 

@@ -8,7 +8,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import torch
 import zstandard
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+from benchmarks.threads import threads
 
 
 def _tensors(value) -> Iterator[torch.Tensor]:
@@ -148,17 +149,6 @@ def copy_bandwidth_gbps(n_threads: int, mib: int = 512, repeats: int = 7) -> flo
             target.copy_(source)
             best = min(best, time.perf_counter() - start)
     return 2 * n * 4 / best / 1e9
-
-
-@contextmanager
-def threads(n: int) -> Iterator[None]:
-    """Run a block with a fixed intra-op thread count, then restore the previous one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _sync(device: str) -> Callable[[], None]:

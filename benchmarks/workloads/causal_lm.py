@@ -19,20 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.workloads.base import (
-    Floor,
-    Probe,
-    Score,
-    Workload,
-    evaluation,
-    model_device,
-    progress,
-    say,
-    say_loaded,
-    state_sha256,
-    train,
-)
+from benchmarks.workloads.base import Floor, Probe, Score, Workload, evaluation
+from benchmarks.workloads.cache import state_sha256
+from benchmarks.workloads.console import progress, say, say_loaded
+from benchmarks.workloads.device import model_device
 from benchmarks.workloads.text import britannica, pydoc_topics
+from benchmarks.workloads.training import train
 
 EVAL_BATCH = 4  # windows per forward pass (a 49k vocabulary: 4 x 256 x 49152 x 4 B = 200 MB)
 # The recovery fine-tune: two passes over the held-out windows, at most `finetune_steps`.

@@ -10,16 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.workloads import fashion_mnist
-from benchmarks.workloads.base import (
-    Score,
-    Workload,
-    cached_state_dict,
-    chance_top1,
-    evaluation,
-    model_device,
-    state_sha256,
-    train,
-)
+from benchmarks.workloads.base import Score, Workload, chance_top1, evaluation
+from benchmarks.workloads.cache import cached_state_dict, state_sha256
+from benchmarks.workloads.device import model_device
+from benchmarks.workloads.training import train
 
 EVAL_BATCH = 500
 TIMING_BATCH = 32

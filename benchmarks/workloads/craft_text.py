@@ -21,18 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.workloads.base import (
-    Floor,
-    Score,
-    Workload,
-    batched_outputs,
-    evaluation,
-    model_device,
-    say,
-    state_sha256,
-    train,
-)
+from benchmarks.workloads.base import Floor, Score, Workload, evaluation
+from benchmarks.workloads.cache import state_sha256
+from benchmarks.workloads.console import say
+from benchmarks.workloads.device import batched_outputs, model_device
 from benchmarks.workloads.text_scenes import SceneRecipe, scenes
+from benchmarks.workloads.training import train
 
 NAME = "craft-text"
 FAMILY = "detection"

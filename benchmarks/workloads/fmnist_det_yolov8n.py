@@ -22,20 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.workloads.base import (
-    TRAIN_THREADS,
-    Floor,
-    Score,
-    Workload,
-    cache_dir,
-    cached_state_dict,
-    evaluation,
-    model_device,
-    say,
-    state_sha256,
-    train,
-)
+from benchmarks.workloads.base import Floor, Score, Workload, evaluation
+from benchmarks.workloads.cache import cache_dir, cached_state_dict, state_sha256
+from benchmarks.workloads.console import say
+from benchmarks.workloads.device import model_device
 from benchmarks.workloads.fmnist_det_data import DetectionRecipe, build
+from benchmarks.workloads.training import TRAIN_THREADS, train
 
 NAME = "fmnist-det-yolov8n"
 FAMILY = "detection"

@@ -32,17 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.workloads import fashion_mnist, fmnist_cnn
-from benchmarks.workloads.base import (
-    Floor,
-    Score,
-    Workload,
-    batched_outputs,
-    cached_state_dict,
-    evaluation,
-    model_device,
-    state_sha256,
-    train,
-)
+from benchmarks.workloads.base import Floor, Score, Workload, evaluation
+from benchmarks.workloads.cache import cached_state_dict, state_sha256
+from benchmarks.workloads.device import batched_outputs, model_device
+from benchmarks.workloads.training import train
 
 NAME = "fmnist-vae"
 FAMILY = "generative"

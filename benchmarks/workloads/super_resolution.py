@@ -19,15 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.workloads.base import (
-    Score,
-    Workload,
-    batched_outputs,
-    evaluation,
-    model_device,
-    state_sha256,
-    train,
-)
+from benchmarks.workloads.base import Score, Workload, evaluation
+from benchmarks.workloads.cache import state_sha256
+from benchmarks.workloads.device import batched_outputs, model_device
+from benchmarks.workloads.training import train
 
 SCALE, TILE = 4, 128
 SCORED = ("astronaut", "coffee", "chelsea", "rocket")
