@@ -13,6 +13,7 @@ from torch import nn
 from compress import Context, Unsupported, get, kernels
 from compress.base import relative_difference
 from compress.quant import gptq
+from compress.quant.weight_only import int4_cpu_grid, int4_values
 
 IN, HIDDEN, OUT = 64, 128, 32
 
@@ -125,8 +126,10 @@ def test_gptq_packs_exactly_the_levels_it_chose():
     layer.weight = nn.Parameter(gptq._int4_cpu_tensor(levels, scale, zero, 32),
                                 requires_grad=False)
     eye = torch.eye(64, dtype=torch.bfloat16)
-    want = gptq.dequantize(levels, scale, zero, 32)
+    want = int4_values(levels, scale, zero)
     assert torch.allclose(layer(eye).float().T, want, atol=0.02 * float(want.abs().max()))
+    # ... and reading the packed weight back gives those very levels (gguf_q4_1 relies on it).
+    assert torch.equal(int4_cpu_grid(layer.weight).levels.float(), levels)
 
 
 def test_hqq_rounds_the_weights_closer_than_min_max():

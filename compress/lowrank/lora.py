@@ -28,7 +28,7 @@ from torch import nn
 
 from compress.base import Compressed, Context, Unsupported, relative_difference
 from compress.quant.bnb import bnb_format, unpack_cpu_4bit
-from compress.quant.weight_only import dequantize_int4_cpu, int4_cpu_grid
+from compress.quant.weight_only import dequantize_int4_cpu, is_int4_cpu
 
 RANK, ALPHA = 16, 32  # alpha / rank = 2, as the LoRA and QLoRA papers' recipes use
 ADAPTER_SEED = 0
@@ -93,7 +93,7 @@ def _adapt(model: nn.Module, ctx: Context) -> Compressed:
 
 def _quantized(model: nn.Module) -> bool:
     return bnb_format(model) != "float" or any(
-        int4_cpu_grid(m.weight) is not None for m in model.modules() if isinstance(m, nn.Linear))
+        is_int4_cpu(m.weight) for m in model.modules() if isinstance(m, nn.Linear))
 
 
 @contextmanager

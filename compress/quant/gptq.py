@@ -22,7 +22,7 @@ from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
 from compress.calibration import blocks, input_statistics, inverse_hessian
-from compress.quant.weight_only import check_groups, int4_cpu_group
+from compress.quant.weight_only import check_groups, int4_cpu_group, int4_values
 
 BLOCK = 128  # columns whose errors are applied to the rest together (the paper's lazy batch)
 LEVELS, MID = 15, 8  # the tinygemm int4 grid
@@ -51,7 +51,7 @@ def gptq(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
                 packed[layer] = levels, scale, zero
                 # A new tensor, not in place: an LM head tied to the token embedding is
                 # quantized for its matmul and the embedding keeps its float copy for lookups.
-                layer.weight = nn.Parameter(dequantize(levels, scale, zero, group)
+                layer.weight = nn.Parameter(int4_values(levels, scale, zero)
                                             .to(layer.weight.dtype), requires_grad=False)
         model = model.to(torch.bfloat16)
         for layer, (levels, scale, zero) in packed.items():
@@ -77,12 +77,6 @@ def grid(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def round_to(column: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """The levels 0..15 of a column on its rows' grids."""
     return ((column - zero) / scale + MID).round().clamp(0, LEVELS)
-
-
-def dequantize(levels: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-               group: int) -> torch.Tensor:
-    return (levels - MID) * scale.repeat_interleave(group, dim=1) \
-        + zero.repeat_interleave(group, dim=1)
 
 
 def quantize(weight: torch.Tensor, xxt: torch.Tensor, group: int

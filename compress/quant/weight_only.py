@@ -143,11 +143,28 @@ class Int4Grid(NamedTuple):
     def group(self) -> int:
         return self.levels.shape[1] // self.scale.shape[1]
 
+    def values(self) -> torch.Tensor:
+        """The weights the grid holds, fp32 (before any activation pre-scale)."""
+        return int4_values(self.levels, self.scale, self.zero)
+
+
+def int4_values(levels: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """The weights of the tinygemm int4 grid: (levels - 8) * scale + zero, the scale and zero of
+    each (row, group) repeated over the group's columns."""
+    group = levels.shape[1] // scale.shape[1]
+    return ((levels.float() - 8) * scale.repeat_interleave(group, dim=1)
+            + zero.repeat_interleave(group, dim=1))
+
+
+def is_int4_cpu(weight: torch.Tensor) -> bool:
+    """Whether a weight is packed for torchao's int4 CPU kernel (int4_bf16, hqq_bf16, awq, gptq)."""
+    return type(weight).__name__ == "Int4OpaqueTensor"
+
 
 def int4_cpu_grid(weight: torch.Tensor) -> Int4Grid | None:
     """The grid of a weight packed for torchao's int4 CPU kernel (int4_bf16, hqq_bf16, awq,
     gptq), read back exactly; None for any other weight."""
-    if type(weight).__name__ != "Int4OpaqueTensor":
+    if not is_int4_cpu(weight):
         return None
     group = weight.block_size[-1]
     scale_and_zero = weight.scale_and_zero.float()  # groups x rows x (scale, zero)
@@ -172,8 +189,7 @@ def dequantize_int4_cpu(model: nn.Module) -> dict[nn.Linear, torch.Tensor]:
         grid = int4_cpu_grid(layer.weight)
         if grid is None:
             continue
-        dense = ((grid.levels.float() - 8) * grid.scale.repeat_interleave(grid.group, 1)
-                 + grid.zero.repeat_interleave(grid.group, 1))
+        dense = grid.values()
         if grid.act_pre_scale is not None:
             dense = dense * grid.act_pre_scale.float().reshape(1, -1)
         packed[layer] = layer.weight

@@ -179,8 +179,7 @@ def _q4_1_blocks(name: str, grid: Int4Grid, gguf_py) -> torch.Tensor:
     d = grid.scale.half().reshape(rows, blocks, 1).view(torch.uint8)
     m = (grid.zero - 8 * grid.scale).half().reshape(rows, blocks, 1).view(torch.uint8)
     out = torch.cat([d, m, nibbles], dim=-1).reshape(rows, -1)
-    want = ((grid.levels.float() - 8) * grid.scale.repeat_interleave(Q4_1_BLOCK, 1)
-            + grid.zero.repeat_interleave(Q4_1_BLOCK, 1))
+    want = grid.values()
     got = torch.from_numpy(gguf_py.quants.dequantize(out.numpy(), gguf_py.GGMLQuantizationType
                                                      .Q4_1).reshape(rows, columns))
     worst = relative_difference(got, want)
