@@ -12,6 +12,10 @@ import torch
 from torch import nn
 
 Execution = Literal["real", "simulated"]
+# What a recovery fine-tune after a technique must keep of its weights besides their zeros
+# (which every recovery keeps): the values weight sharing made (each weight one of a few), a
+# quantization grid.
+Invariant = Literal["shared", "grid"]
 FAMILIES = ("quantization", "pruning", "low-rank", "sharing", "distillation", "export",
             "pipeline")
 
@@ -86,6 +90,8 @@ class Technique:
     # (compress/kernels.py); empty for techniques with nothing of the kind to prove (float
     # exports, pruned or factorized float layers, casts).
     kernel: str = ""
+    keeps: frozenset[Invariant] = frozenset()  # what a recovery after it must keep
+    config: object = None  # its typed parameters (compress/registry.py), None without any
 
     def apply(self, model: nn.Module, ctx: Context | None = None) -> Compressed:
         """Compress a copy of `model`; the caller's model is never modified."""

@@ -30,7 +30,7 @@ def then(first: Technique, second: Technique) -> Technique:
     transform.__doc__ = f"{first.doc} Then: {second.doc}"
     real_on = tuple(device for device in second.real_on if device in first.real_on)
     return Technique(f"{first.name}+{second.name}", "pipeline", real_on, transform,
-                     transform.__doc__, second.kernel)
+                     transform.__doc__, second.kernel, first.keeps | second.keeps)
 
 
 def with_recovery(technique: Technique, suffix: str) -> Technique:
@@ -48,10 +48,10 @@ def with_recovery(technique: Technique, suffix: str) -> Technique:
         extras = dict(out.extras)
         if ctx.evaluate is not None:
             extras["before_recovery"] = ctx.evaluate(out.model.eval(), out.input_dtype)
-        recovered = recover(out.model, ctx)
+        recovered = recover(out.model, ctx, technique.keeps)
         return Compressed(recovered.model, out.execution, out.input_dtype, out.why_simulated,
                           extras={**extras, **recovered.extras})
 
     transform.__doc__ = f"{technique.doc} Then: {recover.__doc__}"
     return Technique(f"{technique.name}+{suffix}", "pipeline", technique.real_on, transform,
-                     transform.__doc__, technique.kernel)
+                     transform.__doc__, technique.kernel, technique.keeps)

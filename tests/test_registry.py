@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,97 +14,15 @@ from torch import nn
 import compress
 from compress import Context, Technique, Unsupported, get, names
 from compress.base import FAMILIES
+from compress.registry import REGISTRY
 
 FAST = settings(max_examples=25, deadline=None, database=None)
 
-# A valid @value for each parametrized technique, None for the plain ones.
-PARAM_VALUE = {
-    "int8_dynamic": None,
-    "int8_static": None,
-    "int8_pt2e": None,
-    "fp16": None,
-    "bf16": None,
-    "prune_l1": 0.5,
-    "prune_global": 0.5,
-    "prune_channels": 0.5,
-    "svd": 0.9,
-    "int8_weight": None,
-    "int4_weight": 32,
-    "int4_bf16": 64,
-    "int8_bf16": None,
-    "prune_mlp": 0.5,
-    "bnb_int8": None,
-    "bnb_nf4": None,
-    "bnb_fp4": None,
-    "lora": None,
-    "torchscript": None,
-    "onnx": None,
-    "onnx_int8": None,
-    "onnx_int4": 32,
-    "openvino": None,
-    "openvino_int8": None,
-    "gguf_q8_0": None,
-    "gguf_q4_0": None,
-    "gguf_q4_1": None,
-    "gguf_q4_k_m": None,
-    "hqq_bf16": 64,
-    "awq": 64,
-    "gptq": 64,
-    "openvino_int8_weight": None,
-    "openvino_int4_weight": 32,
-    "w8a8": None,
-    "smoothquant": 0.5,
-    "wanda": 0.5,
-    "wanda_2of4": None,
-    "sparsegpt": 0.5,
-    "sparsegpt_2of4": None,
-}
-FAMILY = {
-    "int8_dynamic": "quantization",
-    "int8_static": "quantization",
-    "int8_pt2e": "quantization",
-    "fp16": "quantization",
-    "bf16": "quantization",
-    "int8_weight": "quantization",
-    "int4_weight": "quantization",
-    "int4_bf16": "quantization",
-    "int8_bf16": "quantization",
-    "bnb_int8": "quantization",
-    "bnb_nf4": "quantization",
-    "bnb_fp4": "quantization",
-    "prune_l1": "pruning",
-    "prune_global": "pruning",
-    "prune_channels": "pruning",
-    "prune_mlp": "pruning",
-    "svd": "low-rank",
-    "lora": "low-rank",
-    "torchscript": "export",
-    "onnx": "export",
-    "onnx_int8": "export",
-    "onnx_int4": "export",
-    "openvino": "export",
-    "openvino_int8": "export",
-    "gguf_q8_0": "quantization",
-    "gguf_q4_0": "quantization",
-    "gguf_q4_1": "quantization",
-    "gguf_q4_k_m": "quantization",
-    "hqq_bf16": "quantization",
-    "awq": "quantization",
-    "gptq": "quantization",
-    "openvino_int8_weight": "export",
-    "openvino_int4_weight": "export",
-    "w8a8": "quantization",
-    "smoothquant": "quantization",
-    "wanda": "pruning",
-    "wanda_2of4": "pruning",
-    "sparsegpt": "pruning",
-    "sparsegpt_2of4": "pruning",
-}
 
 
-def full_name(base: str) -> str:
-    value = PARAM_VALUE[base]
-    return base if value is None else f"{base}@{value}"
+def example(base: str) -> str:
+    """A valid name of the registered technique `base`, as it registered it."""
+    return REGISTRY[base].example
 
 
 def message(excinfo: pytest.ExceptionInfo) -> str:
@@ -142,17 +63,17 @@ def sgd_finetune(steps: int = 3):
 
 
 def test_names_lists_every_registered_technique_sorted():
-    assert names() == sorted(PARAM_VALUE)
-    assert names() == sorted(set(names()))
+    assert names() == sorted(REGISTRY)
+    assert len(names()) >= 39  # every technique module was found and imported
 
 
-@pytest.mark.parametrize("base", sorted(PARAM_VALUE))
+@pytest.mark.parametrize("base", names())
 def test_every_registered_name_resolves(base):
-    name = full_name(base)
+    name = example(base)
     technique = get(name)
     assert isinstance(technique, Technique)
     assert technique.name == name
-    assert technique.family == FAMILY[base]
+    assert technique.family == REGISTRY[base].family
     assert technique.family in FAMILIES
     assert isinstance(technique.real_on, tuple)
     assert set(technique.real_on) <= {"cpu", "cuda"}
@@ -161,13 +82,14 @@ def test_every_registered_name_resolves(base):
 
 
 @pytest.mark.parametrize("recovery", ["ft", "lora", "qlora"])
-@pytest.mark.parametrize("base", sorted(PARAM_VALUE))
+@pytest.mark.parametrize("base", names())
 def test_a_recovery_suffix_makes_a_pipeline(base, recovery):
-    plain = get(full_name(base))
-    technique = get(f"{full_name(base)}+{recovery}")
+    plain = get(example(base))
+    technique = get(f"{example(base)}+{recovery}")
     assert technique.family == "pipeline"
     assert technique.name == f"{plain.name}+{recovery}"
     assert technique.real_on == plain.real_on
+    assert technique.keeps == plain.keeps  # what the recovery must keep
 
 
 @FAST
@@ -236,12 +158,38 @@ def test_energy_out_of_range_raises_key_error(name):
     assert name in message(excinfo)
 
 
-@pytest.mark.parametrize("name", ["prune_l1@", "prune_l1@half", "svd@0.9@0.9", "svd@0,9"])
-def test_non_numeric_param_raises_key_error(name):
+@pytest.mark.parametrize("name, error", [
+    ("prune_l1@", "is malformed: write it as prune_l1@<sparsity>"),
+    ("prune_l1@half", "sparsity must be a number, got 'half'"),
+    ("svd@0.9@0.9", "energy must be a number, got '0.9@0.9'"),
+    ("svd@0,9", "'9' names no parameter of svd (write it as svd@<energy>)"),
+    ("svd@0.9,energy=0.8", "'energy=0.8' names no parameter of svd"),  # named twice
+])
+def test_a_malformed_value_raises_key_error_naming_it(name, error):
     with pytest.raises(KeyError) as excinfo:
         get(name)
     assert name in message(excinfo)
-    assert "could not convert" in message(excinfo)
+    assert error in message(excinfo)
+
+
+@pytest.mark.parametrize("name", ["gptq@32.0", "gptq@thirty", "int4_weight@0x20"])
+def test_an_integer_parameter_takes_integers_only(name):
+    with pytest.raises(KeyError) as excinfo:
+        get(name)
+    assert "group must be an integer" in message(excinfo)
+
+
+@pytest.mark.parametrize("name, error", [
+    ("gptq@48", "takes groups of 32, 64, 128, got 48"),
+    ("onnx_int4@24", "block size must be a power of 2 >= 16, got 24"),
+    ("openvino_int4_weight@8", "group size must be a power of 2 >= 16, got 8"),
+    ("smoothquant@1.5", "alpha is in [0, 1], got 1.5"),
+    ("wanda@0", "sparsity must be in (0, 1), got 0.0"),
+])
+def test_each_technique_checks_its_own_parameters(name, error):
+    with pytest.raises(KeyError) as excinfo:
+        get(name)
+    assert error in message(excinfo) and name in message(excinfo)
 
 
 @pytest.mark.parametrize("name", ["int8_static+foo", "prune_l1@0.5+qat", "svd@0.9+",
@@ -279,7 +227,7 @@ def test_a_malformed_later_stage_is_named():
 @FAST
 @given(name=st.one_of(
     st.text(max_size=30),
-    st.builds(lambda b, sep, rest: b + sep + rest, st.sampled_from(sorted(PARAM_VALUE)),
+    st.builds(lambda b, sep, rest: b + sep + rest, st.sampled_from(names()),
               st.sampled_from(["", "@", "+", "@0.5+", "+ft@"]), st.text(max_size=10)),
 ))
 def test_get_either_resolves_or_raises_key_error(name):
@@ -291,6 +239,140 @@ def test_get_either_resolves_or_raises_key_error(name):
     else:
         assert isinstance(technique, Technique)
         assert technique.name.partition("@")[0].partition("+")[0] in names()
+
+
+# --- typed parameters, registered beside the technique ----------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Palette:
+    clusters: int
+    per: Literal["tensor", "channel"] = "tensor"
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.clusters < 2:
+            raise ValueError(f"clusters must be at least 2, got {self.clusters}")
+
+
+@pytest.fixture
+def palette(monkeypatch):
+    """A technique with several parameters, registered as a module of compress would be."""
+    monkeypatch.setattr(compress.registry, "REGISTRY", dict(REGISTRY))
+    monkeypatch.setattr(compress, "REGISTRY", compress.registry.REGISTRY)
+
+    @compress.register("palette", Palette, family="sharing", keeps={"shared"}, example="16")
+    def make(config: Palette):
+        def transform(model, ctx):
+            return compress.Compressed(model, "simulated")
+
+        transform.__doc__ = f"{config.clusters} values per {config.per}, scaled {config.scale:g}."
+        return transform
+
+    return make
+
+
+@pytest.mark.parametrize("name, config", [
+    ("palette@16", Palette(16)),
+    ("palette@16,per=channel", Palette(16, "channel")),
+    ("palette@4,scale=0.5,per=channel", Palette(4, "channel", 0.5)),
+    ("palette@clusters=8", Palette(8)),
+])
+def test_several_parameters_are_named_by_key_after_the_first(palette, name, config):
+    technique = get(name)
+    assert technique.config == config and technique.name == name
+    assert technique.family == "sharing" and technique.keeps == {"shared"}
+    assert technique.doc == (f"{config.clusters} values per {config.per}, "
+                             f"scaled {config.scale:g}.")
+
+
+@pytest.mark.parametrize("name, error", [
+    ("palette@16,per=row", "per is one of tensor, channel, got 'row'"),
+    ("palette@1", "clusters must be at least 2, got 1"),
+    ("palette@16,size=2", "'size=2' names no parameter of palette (write it as "
+                          "palette@<clusters>[,per=<tensor>][,scale=<1.0>])"),
+    ("palette@16,clusters=4", "'clusters=4' names no parameter"),  # named twice
+    ("palette", "malformed: write it as palette@<clusters>"),
+])
+def test_a_bad_parameter_is_named_with_the_form_to_write(palette, name, error):
+    with pytest.raises(KeyError) as excinfo:
+        get(name)
+    assert error in message(excinfo)
+
+
+@pytest.mark.parametrize("name, one", [
+    ("prune_l1@.50+ft", "prune_l1@0.5+ft"),
+    ("gptq@032+gguf_q4_1", "gptq@32+gguf_q4_1"),
+    ("palette@16,per=tensor", "palette@16"),
+    ("palette@16,scale=2,per=channel", "palette@16,per=channel,scale=2.0"),
+    ("int8_static", "int8_static"),
+])
+def test_canonical_is_the_one_spelling_of_a_name(palette, name, one):
+    assert compress.canonical(name) == one
+    assert get(one).config == get(name).config
+
+
+def test_a_registration_is_checked_when_its_module_is_imported(palette):
+    with pytest.raises(KeyError, match="clusters must be at least 2"):
+        compress.register("palette1", Palette, family="sharing", example="1")(palette)
+    with pytest.raises(ValueError, match="unknown family 'shrinking'"):
+        compress.register("palette2", Palette, family="shrinking", example="4")
+    with pytest.raises(ValueError, match="two techniques are registered as 'palette'"):
+        compress.register("palette", Palette, family="sharing", example="4")(lambda c: None)
+
+
+# --- what a recovery keeps -----------------------------------------------------------------
+
+
+def test_ft_keeps_the_zeros_of_pruning():
+    out = get("prune_l1@0.5+ft").apply(SmallCNN(), Context(
+        calibration=[torch.randn(4, 3, 8, 8)], finetune=sgd_finetune()))
+    assert float((out.model.conv1.weight == 0).float().mean()) >= 0.5
+
+
+@pytest.mark.parametrize("name", ["int4_weight@32", "int8_weight", "int8_bf16"])
+def test_ft_refuses_to_move_weights_off_a_quantization_grid(name):
+    with pytest.raises(Unsupported, match="off their grid: recover with \\+lora or \\+qlora"):
+        get(f"{name}+ft").apply(nn.Sequential(nn.Linear(32, 4)),
+                                Context(finetune=lambda m: None))
+
+
+def test_every_integer_quantizer_declares_its_grid():
+    for base, entry in REGISTRY.items():
+        if entry.family == "quantization" and base not in ("fp16", "bf16"):
+            assert entry.keeps == {"grid"}, base
+        if entry.family in ("pruning", "low-rank"):
+            assert not entry.keeps, base  # float weights: +ft trains them (zeros kept)
+
+
+def test_ft_after_a_technique_that_shares_weights_keeps_them_shared(palette, monkeypatch):
+    """Each weight takes one of 5 values; the fine-tune moves the values, not the sharing."""
+
+    def five_values(model, ctx):
+        for module in (model.conv1, model.conv2, model.fc):
+            w = module.weight.data
+            module.weight.data = torch.quantize_per_tensor(
+                w, float(w.abs().max()) / 2, 0, torch.qint8).dequantize()  # -2..2 x scale
+        return compress.Compressed(model, "simulated")
+
+    monkeypatch.setitem(compress.registry.REGISTRY, "palette", dataclasses.replace(
+        compress.registry.REGISTRY["palette"], make=lambda config: five_values))
+    model = SmallCNN()
+    shared = get("palette@4").apply(model).model
+    recovered = get("palette@4+ft").apply(model, Context(finetune=sgd_finetune(steps=5))).model
+    for name in ("conv1", "conv2", "fc"):
+        before = getattr(shared, name).weight
+        after = getattr(recovered, name).weight
+        assert len(torch.unique(after)) <= len(torch.unique(before)) <= 5
+        assert not torch.equal(after, before)  # the palette itself trained
+        for value in torch.unique(before):  # weights that shared a value still do
+            assert len(torch.unique(after[before == value])) == 1
+
+
+def test_a_pipeline_keeps_what_each_of_its_stages_keeps(palette):
+    assert get("gptq@32+gguf_q4_1").keeps == {"grid"}
+    assert get("palette@16+int8_dynamic").keeps == {"shared", "grid"}
+    assert get("palette@16+ft").keeps == {"shared"}
 
 
 # --- apply(): the caller's model is never modified ---------------------------------------------

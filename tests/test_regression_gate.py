@@ -66,9 +66,9 @@ def test_int8_static_rounding_to_4_bits_fails_the_gate(cnn, monkeypatch):
 
 
 def test_pruning_95_instead_of_50_fails_the_gate(cnn, monkeypatch):
-    entry = compress._REGISTRY["prune_l1"]
-    monkeypatch.setitem(compress._REGISTRY, "prune_l1", dataclasses.replace(
-        entry, make=lambda _sparsity: magnitude.prune_l1(0.95)))
+    entry = compress.registry.REGISTRY["prune_l1"]
+    monkeypatch.setitem(compress.registry.REGISTRY, "prune_l1", dataclasses.replace(
+        entry, make=lambda _config: magnitude.prune_l1(magnitude.Sparsity(0.95))))
     record, checks = judged(cnn, "prune_l1@0.5")
     assert record.compressed_size.nonzeros < 0.1 * record.reference_size.nonzeros
     assert [c.message for c in checks if c.failed and c.metric != "accuracy_drop"] == []

@@ -20,7 +20,7 @@ from benchmarks.harness.cell import measure_reference, run_cell
 from benchmarks.harness.measure import interleaved_latency
 from benchmarks.harness.selfcheck import output_problems, timing_problems
 from benchmarks.harness.verdict import baseline_entry, judge
-from benchmarks.workloads.base import Score, Workload, evaluation
+from benchmarks.workloads.base import TOP1, Score, Workload, evaluation
 
 
 def small_workload(evaluate=None) -> Workload:
@@ -33,7 +33,7 @@ def small_workload(evaluate=None) -> Workload:
             per_sample = 100.0 * (candidate(x.to(input_dtype)).argmax(1) == y).float()
         return Score(per_sample.mean().item(), per_sample)
 
-    return Workload(name="small", metric="top1_pct", higher_is_better=True, model=model,
+    return Workload(name="small", metric=TOP1, model=model,
                     evaluate=evaluate or top1, calibration=[x[:128]], example_input=x[:64],
                     finetune=lambda m: None, checkpoint_sha256="test",
                     evaluation=evaluation("random images", len(y), x, y))
@@ -170,7 +170,8 @@ def test_a_simulated_technique_that_claims_a_speedup_fails(monkeypatch):
         small = nn.Sequential(nn.Linear(64, 10)).eval()
         return compress.Compressed(small, "simulated", why_simulated="masks, no sparse kernel")
 
-    monkeypatch.setitem(compress._REGISTRY, "fake_mask", compress._Entry("pruning", (), shrink))
+    monkeypatch.setitem(compress.registry.REGISTRY, "fake_mask",
+                        compress.Registration("fake_mask", "pruning", shrink))
     checks = cell_checks(small_workload(), "fake_mask")
     [speed] = [c for c in checks if c.metric == "speedup"]
     assert speed.failed
@@ -215,8 +216,9 @@ def test_a_real_technique_that_silently_runs_float_fails_its_kernel_check(monkey
     def float_fallback(model, ctx):
         return compress.Compressed(model, "real")
 
-    monkeypatch.setitem(compress._REGISTRY, "fake_int8", compress._Entry(
-        "quantization", ("cpu",), float_fallback, kernel=r"^quantized::linear_dynamic$"))
+    monkeypatch.setitem(compress.registry.REGISTRY, "fake_int8", compress.Registration(
+        "fake_int8", "quantization", float_fallback, real_on=("cpu",),
+        kernel=r"^quantized::linear_dynamic$"))
     record, _ = run_cell(small_workload(), measure_reference(small_workload(), "cpu"),
                          "fake_int8", device="cpu", n_threads=1)
     assert record.kernels == {}

@@ -120,19 +120,13 @@ def cells() -> list[Cell]:
             except KeyError as err:
                 raise ValueError(f"{name}: cell {technique!r} names no technique: "
                                  f"{err.args[0]}") from None
-            key = _canonical(technique)
+            key = compress.canonical(technique)
             if key in seen:
                 raise ValueError(f"{name}: cells {seen[key]!r} and {technique!r} are the same "
                                  "technique; keep one")
             seen[key] = technique
             out.append(Cell(name, module.FAMILY, technique, tier))
     return out
-
-
-def _canonical(technique: str) -> tuple:
-    """A technique name with each parameter as its number: `prune_l1@.50` is `prune_l1@0.5`."""
-    stages = (stage.partition("@") for stage in technique.split("+"))
-    return tuple((base, float(value) if at else None) for base, at, value in stages)
 
 
 __all__ = ["WORKLOADS", "Cell", "Workload", "cells", "register", "use"]

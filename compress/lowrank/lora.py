@@ -29,6 +29,7 @@ from torch import nn
 from compress.base import Compressed, Context, Unsupported, relative_difference
 from compress.quant.bnb import bnb_format, unpack_cpu_4bit
 from compress.quant.weight_only import dequantize_int4_cpu, is_int4_cpu
+from compress.registry import register
 
 RANK, ALPHA = 16, 32  # alpha / rank = 2, as the LoRA and QLoRA papers' recipes use
 ADAPTER_SEED = 0
@@ -41,8 +42,10 @@ ADAPTER_SEED = 0
 MERGE_TOLERANCE = {"float": 1e-4, "quantized": 0.05}
 
 
-def lora(model: nn.Module, ctx: Context) -> Compressed:
+@register("lora", family="low-rank", real_on=("cpu", "cuda"))
+def lora(model: nn.Module, ctx: Context, keeps: frozenset = frozenset()) -> Compressed:
     """A rank-16 LoRA adapter on every Linear (peft), trained by the workload's fine-tune."""
+    # (As a recovery it keeps whatever the technique made: the base weights stay frozen.)
     if _quantized(model):
         raise Unsupported("the model's weights are quantized (bitsandbytes or torchao int4): "
                           "train its adapter with +qlora, which trains beside a frozen "
@@ -50,7 +53,7 @@ def lora(model: nn.Module, ctx: Context) -> Compressed:
     return _adapt(model, ctx)
 
 
-def qlora(model: nn.Module, ctx: Context) -> Compressed:
+def qlora(model: nn.Module, ctx: Context, keeps: frozenset = frozenset()) -> Compressed:
     """QLoRA: a rank-16 LoRA adapter trained on top of a frozen 4- or 8-bit model."""
     if not _quantized(model):
         raise Unsupported("+qlora trains an adapter on a quantized model: put it after "

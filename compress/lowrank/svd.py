@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from compress.base import Compressed, Context, tied_parameters
 from compress.batchnorm import reestimate_batchnorm
+from compress.registry import register
+
+
+@dataclass(frozen=True)
+class Energy:
+    """The share of each layer's spectral energy (sum of squared singular values) kept."""
+
+    energy: float
+
+    def __post_init__(self):
+        if not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"energy must be in (0, 1], got {self.energy}")
 
 
 def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
@@ -61,9 +74,9 @@ def _factorized(layer: nn.Module, energy: float) -> nn.Module | None:
     return factorize(layer, rank)
 
 
-def svd(energy: float) -> Callable[[nn.Module, Context], Compressed]:
-    if not 0.0 < energy <= 1.0:
-        raise ValueError(f"energy must be in (0, 1], got {energy}")
+@register("svd", Energy, family="low-rank", real_on=("cpu", "cuda"), example="0.9")
+def svd(config: Energy) -> Callable[[nn.Module, Context], Compressed]:
+    energy = config.energy
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         # Only children are replaced, so wrap the model: a bare Linear/Conv2d is factorized too.

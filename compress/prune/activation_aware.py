@@ -17,6 +17,7 @@ workload's held-out data. Zeros are stored densely here, so the cells are simula
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,29 +25,38 @@ from torch import nn
 from compress.base import Compressed, Context, Unsupported, tied_parameters
 from compress.calibration import blocks, input_statistics, inverse_hessian
 from compress.prune.magnitude import DENSE_WHY
+from compress.registry import register
 
 SPARSEGPT_BLOCK = 128  # columns whose zeros are chosen together (the paper's block size)
 
 
-def wanda(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
-    _check(sparsity)
+@dataclass(frozen=True)
+class Sparsity:
+    """The share of each layer's weights zeroed."""
+
+    sparsity: float
+
+    def __post_init__(self):
+        if not 0.0 < self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in (0, 1), got {self.sparsity}")
+
+
+@register("wanda", Sparsity, family="pruning", example="0.5")
+def wanda(config: Sparsity) -> Callable[[nn.Module, Context], Compressed]:
+    sparsity = config.sparsity
     transform = _pruner("wanda", lambda w, stats: _wanda(w, stats, sparsity, None))
     transform.__doc__ = (f"Wanda: zero the {sparsity:.0%} of each output row's weights with the "
                          "least |weight| x input norm, calibrated on held-out data.")
     return transform
 
 
-def sparsegpt(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
-    _check(sparsity)
+@register("sparsegpt", Sparsity, family="pruning", example="0.5")
+def sparsegpt(config: Sparsity) -> Callable[[nn.Module, Context], Compressed]:
+    sparsity = config.sparsity
     transform = _pruner("sparsegpt", lambda w, stats: _sparsegpt(w, stats, sparsity, None))
     transform.__doc__ = (f"SparseGPT: zero {sparsity:.0%} of the weights chosen from the inverse "
                          "Hessian of the inputs, the others updated to absorb the error.")
     return transform
-
-
-def _check(sparsity: float) -> None:
-    if not 0.0 < sparsity < 1.0:
-        raise ValueError(f"sparsity must be in (0, 1), got {sparsity}")
 
 
 def _pruner(name: str, prune_weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
@@ -138,3 +148,5 @@ wanda_2of4.__doc__ = ("Wanda 2:4: in every 4 consecutive inputs of each output r
 sparsegpt_2of4 = _two_of_four("sparsegpt", _sparsegpt)
 sparsegpt_2of4.__doc__ = ("SparseGPT 2:4: two zeros in every 4 consecutive inputs of each row, "
                           "chosen and compensated through the inverse Hessian of the inputs.")
+for _name, _transform in (("wanda_2of4", wanda_2of4), ("sparsegpt_2of4", sparsegpt_2of4)):
+    register(_name, family="pruning")(_transform)

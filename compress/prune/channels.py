@@ -12,6 +12,8 @@ from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
 from compress.batchnorm import reestimate_batchnorm
+from compress.prune.magnitude import Sparsity
+from compress.registry import register
 
 
 class SplitC2f(nn.Module):
@@ -107,9 +109,9 @@ def _frozen(module: nn.Module) -> bool:
     return any(not p.requires_grad for p in module.parameters(recurse=False))
 
 
-def prune_channels(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+@register("prune_channels", Sparsity, family="pruning", real_on=("cpu", "cuda"), example="0.5")
+def prune_channels(config: Sparsity) -> Callable[[nn.Module, Context], Compressed]:
+    sparsity = config.sparsity
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         if ctx.example_input is None:

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.utils import prune
 
 from compress.base import Compressed, Context, tied_parameters
 from compress.batchnorm import reestimate_batchnorm
+from compress.registry import register
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 DENSE_WHY = "zeros are stored and multiplied densely: no sparse kernel runs"
 
 
-def _check(sparsity: float) -> None:
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+@dataclass(frozen=True)
+class Sparsity:
+    """The share of the weights (or channels) removed."""
+
+    sparsity: float
+
+    def __post_init__(self):
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -29,8 +37,9 @@ def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
             if isinstance(m, PRUNABLE) and id(m.weight) not in tied and m.weight.requires_grad]
 
 
-def prune_l1(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
-    _check(sparsity)
+@register("prune_l1", Sparsity, family="pruning", example="0.5")
+def prune_l1(config: Sparsity) -> Callable[[nn.Module, Context], Compressed]:
+    sparsity = config.sparsity
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         for module, name in prunable_weights(model):
@@ -44,8 +53,9 @@ def prune_l1(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
     return transform
 
 
-def prune_global(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
-    _check(sparsity)
+@register("prune_global", Sparsity, family="pruning", example="0.5")
+def prune_global(config: Sparsity) -> Callable[[nn.Module, Context], Compressed]:
+    sparsity = config.sparsity
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         params = prunable_weights(model)

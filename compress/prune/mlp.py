@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
+from compress.prune.magnitude import Sparsity
+from compress.registry import register
 
 Slot = tuple[nn.Module, str]  # (parent module, attribute) of a Linear
 
@@ -47,9 +49,9 @@ def _sliced(layer: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
-def prune_mlp(sparsity: float) -> Callable[[nn.Module, Context], Compressed]:
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+@register("prune_mlp", Sparsity, family="pruning", real_on=("cpu", "cuda"), example="0.5")
+def prune_mlp(config: Sparsity) -> Callable[[nn.Module, Context], Compressed]:
+    sparsity = config.sparsity
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         blocks = mlp_blocks(model)

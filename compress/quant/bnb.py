@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
+from compress.registry import register
 
 # The bitsandbytes layer classes of each format (transformers builds them by name).
 LAYERS = {"4bit": ("Linear4bit", "LinearNF4", "LinearFP4"), "int8": ("Linear8bitLt",)}
@@ -78,6 +79,15 @@ def bnb(fmt: str) -> Callable[[nn.Module, Context], Compressed]:
     transform.__doc__ = (f"bitsandbytes {fmt} weights for every Linear but the output head, "
                          "through transformers' BitsAndBytesConfig (fp32 compute).")
     return transform
+
+
+# bitsandbytes' own ops on its packed weights
+KERNELS = {"int8": r"^bitsandbytes::int8_(linear_matmul|scaled_mm|mixed_scaled_mm)$",
+           "nf4": r"^bitsandbytes::(gemv_4bit|dequantize_4bit)$",
+           "fp4": r"^bitsandbytes::(gemv_4bit|dequantize_4bit)$"}
+for _fmt in FORMATS:
+    register(f"bnb_{_fmt}", family="quantization", real_on=("cpu", "cuda"), keeps={"grid"},
+             kernel=KERNELS[_fmt])(bnb(_fmt))
 
 
 def bnb_format(model: nn.Module) -> str:

@@ -16,12 +16,28 @@ The calibration batches are the workload's held-out data, never its scored sampl
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
-from compress.quant.weight_only import check_groups, int4_cpu_group
+from compress.quant.weight_only import INT4_KERNEL, Int4CpuGroup, check_groups
+from compress.registry import register
+
+INT_MM = r"^aten::_int_mm$"  # torch's int8 x int8 -> int32 matmul (oneDNN on the CPU)
+
+
+@dataclass(frozen=True)
+class Alpha:
+    """SmoothQuant's migration strength: how much of the outliers move into the weights."""
+
+    alpha: float
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"smoothquant: the migration strength alpha is in [0, 1], got "
+                             f"{self.alpha}")
 
 
 def _torchao():
@@ -37,6 +53,7 @@ def _w8a8_config():
     return _torchao().Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
 
 
+@register("w8a8", family="quantization", real_on=("cpu",), keeps={"grid"}, kernel=INT_MM)
 def w8a8(model: nn.Module, ctx: Context) -> Compressed:
     """int8 weights per output channel, int8 activations per token (dynamic), int8 matmuls."""
     _cpu_linears("w8a8", model, ctx)
@@ -44,9 +61,10 @@ def w8a8(model: nn.Module, ctx: Context) -> Compressed:
     return Compressed(model, "real")
 
 
-def smoothquant(alpha: float) -> Callable[[nn.Module, Context], Compressed]:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"smoothquant: the migration strength alpha is in [0, 1], got {alpha}")
+@register("smoothquant", Alpha, family="quantization", real_on=("cpu",), keeps={"grid"},
+          kernel=INT_MM, example="0.5")
+def smoothquant(config: Alpha) -> Callable[[nn.Module, Context], Compressed]:
+    alpha = config.alpha
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         _cpu_linears("smoothquant", model, ctx)
@@ -61,8 +79,10 @@ def smoothquant(alpha: float) -> Callable[[nn.Module, Context], Compressed]:
     return transform
 
 
-def awq(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
-    group = int4_cpu_group("awq", group_size)
+@register("awq", Int4CpuGroup, family="quantization", real_on=("cpu",), keeps={"grid"},
+          kernel=INT4_KERNEL, example="64")
+def awq(config: Int4CpuGroup) -> Callable[[nn.Module, Context], Compressed]:
+    group = config.group
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         _cpu_linears("awq", model, ctx)

@@ -7,8 +7,11 @@ from torch import nn
 from torch.ao.quantization import quantize_dynamic
 
 from compress.base import Compressed, Context, Unsupported
+from compress.registry import register
 
 
+@register("int8_dynamic", family="quantization", real_on=("cpu",), keeps={"grid"},
+          kernel=r"^quantized::linear_dynamic$")
 def int8_dynamic(model: nn.Module, ctx: Context) -> Compressed:
     """int8 weights and dynamically quantized activations for every nn.Linear (fbgemm/x86).
 

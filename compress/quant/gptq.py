@@ -22,14 +22,17 @@ from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
 from compress.calibration import blocks, input_statistics, inverse_hessian
-from compress.quant.weight_only import check_groups, int4_cpu_group, int4_values
+from compress.quant.weight_only import INT4_KERNEL, Int4CpuGroup, check_groups, int4_values
+from compress.registry import register
 
 BLOCK = 128  # columns whose errors are applied to the rest together (the paper's lazy batch)
 LEVELS, MID = 15, 8  # the tinygemm int4 grid
 
 
-def gptq(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
-    group = int4_cpu_group("gptq", group_size)
+@register("gptq", Int4CpuGroup, family="quantization", real_on=("cpu",), keeps={"grid"},
+          kernel=INT4_KERNEL, example="64")
+def gptq(config: Int4CpuGroup) -> Callable[[nn.Module, Context], Compressed]:
+    group = config.group
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         if ctx.device != "cpu":

@@ -13,8 +13,11 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from compress.base import Compressed, Context, Unsupported
+from compress.registry import register
 
 
+@register("int8_static", family="quantization", real_on=("cpu",), keeps={"grid"},
+          kernel=r"^quantized::")  # torch's quantized engine
 def int8_static(model: nn.Module, ctx: Context) -> Compressed:
     """FX graph-mode static int8 with the x86 backend (per-channel weights, fused conv+relu).
 
@@ -41,6 +44,8 @@ def int8_static(model: nn.Module, ctx: Context) -> Compressed:
     return Compressed(convert_fx(prepared), "real")
 
 
+@register("int8_pt2e", family="quantization", real_on=("cpu",), keeps={"grid"},
+          kernel=r"^onednn::q(conv|linear)")
 def int8_pt2e(model: nn.Module, ctx: Context) -> Compressed:
     """PT2E static int8, FX's successor: torch.export (dynamic sizes), torchao's
     X86InductorQuantizer (per-channel weights, activations calibrated), then torch.compile with

@@ -13,12 +13,40 @@ int4 layout) and `int8_bf16` (Inductor's int8 weight-only matmul, under torch.co
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from compress.base import Compressed, Context, Unsupported
+from compress.registry import register
+
+INT4_KERNEL = r"^aten::_weight_int4pack_mm_for_cpu$"  # torchao's int4 CPU kernel
+INT4_CPU_GROUPS = (32, 64, 128)  # what its packed layout accepts
+
+
+@dataclass(frozen=True)
+class Group:
+    """How many consecutive inputs share a scale and zero point."""
+
+    group: int
+
+    def __post_init__(self):
+        if self.group < 1:
+            raise ValueError(f"group size must be a positive integer, got {self.group}")
+
+
+@dataclass(frozen=True)
+class Int4CpuGroup:
+    """A group size torchao's int4 CPU layout takes."""
+
+    group: int
+
+    def __post_init__(self):
+        if self.group not in INT4_CPU_GROUPS:
+            raise ValueError(f"torchao's CPU int4 layout takes groups of "
+                             f"{', '.join(map(str, INT4_CPU_GROUPS))}, got {self.group}")
 
 
 def _torchao():
@@ -40,15 +68,15 @@ def _quantize(model: nn.Module, config) -> Compressed:
     return Compressed(model, "simulated", why_simulated=EAGER_DEQUANTIZES)
 
 
+@register("int8_weight", family="quantization", keeps={"grid"})
 def int8_weight(model: nn.Module, ctx: Context) -> Compressed:
     """int8 weights with one scale per output channel (torchao Int8WeightOnlyConfig)."""
     return _quantize(model, _torchao().Int8WeightOnlyConfig())
 
 
-def int4_weight(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
-    if group_size != int(group_size) or group_size < 1:
-        raise ValueError(f"group size must be a positive integer, got {group_size}")
-    group = int(group_size)
+@register("int4_weight", Group, family="quantization", keeps={"grid"}, example="32")
+def int4_weight(config: Group) -> Callable[[nn.Module, Context], Compressed]:
+    group = config.group
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         tq = _torchao()
@@ -68,23 +96,24 @@ def int4_weight(group_size: float) -> Callable[[nn.Module, Context], Compressed]
     return transform
 
 
-INT4_CPU_GROUPS = (32, 64, 128)  # what torchao's packed CPU layout accepts
-
-
-def int4_bf16(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
+@register("int4_bf16", Int4CpuGroup, family="quantization", real_on=("cpu",), keeps={"grid"},
+          kernel=INT4_KERNEL, example="64")
+def int4_bf16(config: Int4CpuGroup) -> Callable[[nn.Module, Context], Compressed]:
     """torchao's int4 CPU kernel: every Linear's weight packed to 4 bits, activations bf16."""
-    transform = _int4_cpu("int4_bf16", group_size, "tinygemm")
+    transform = _int4_cpu("int4_bf16", config.group, "tinygemm")
     transform.__doc__ = (f"int4 weights, asymmetric, a bf16 scale and zero point per "
-                         f"{int(group_size)} inputs (min/max), packed for torchao's CPU kernel "
+                         f"{config.group} inputs (min/max), packed for torchao's CPU kernel "
                          "(aten::_weight_int4pack_mm_for_cpu, vectorized for bf16 "
                          "activations); every other tensor bf16.")
     return transform
 
 
-def hqq_bf16(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
+@register("hqq_bf16", Int4CpuGroup, family="quantization", real_on=("cpu",), keeps={"grid"},
+          kernel=INT4_KERNEL, example="64")
+def hqq_bf16(config: Int4CpuGroup) -> Callable[[nn.Module, Context], Compressed]:
     """HQQ's scales and zero points on torchao's int4 CPU kernel."""
-    transform = _int4_cpu("hqq_bf16", group_size, "hqq")
-    transform.__doc__ = (f"int4 weights in groups of {int(group_size)} whose scales and zero "
+    transform = _int4_cpu("hqq_bf16", config.group, "hqq")
+    transform.__doc__ = (f"int4 weights in groups of {config.group} whose scales and zero "
                          "points HQQ (half-quadratic quantization) optimises against the "
                          "weights' rounding error, without calibration data; torchao's int4 "
                          "CPU kernel, bf16 activations.")
@@ -99,17 +128,7 @@ def check_groups(name: str, model: nn.Module, group: int) -> None:
                               f"of the group size {group}")
 
 
-def int4_cpu_group(name: str, group_size: float) -> int:
-    """The group size of a technique on torchao's int4 CPU layout, refused unless it takes it."""
-    if group_size not in INT4_CPU_GROUPS:
-        raise ValueError(f"{name}: torchao's CPU int4 layout takes groups of "
-                         f"{', '.join(map(str, INT4_CPU_GROUPS))}, got {group_size}")
-    return int(group_size)
-
-
-def _int4_cpu(name: str, group_size: float, algorithm: str):
-    group = int4_cpu_group(name, group_size)
-
+def _int4_cpu(name: str, group: int, algorithm: str):
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         if ctx.device != "cpu":
             raise Unsupported(f"{name}: torchao's packed int4 layout is its CPU kernel's")
@@ -197,6 +216,8 @@ def dequantize_int4_cpu(model: nn.Module) -> dict[nn.Linear, torch.Tensor]:
     return packed
 
 
+@register("int8_bf16", family="quantization", real_on=("cpu",), keeps={"grid"},
+          kernel=r"^aten::_weight_int8pack_mm$")
 def int8_bf16(model: nn.Module, ctx: Context) -> Compressed:
     """int8 weights with one bf16 scale per output channel (torchao Int8WeightOnlyConfig), the
     model and its activations in bf16, run under torch.compile: Inductor replaces torchao's

@@ -19,6 +19,7 @@ import json
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch import nn
 
 from compress.base import Compressed, Context, StoredTensor, Unsupported, relative_difference
 from compress.kernels import profiled
+from compress.registry import register
 from compress.runtime import causal_lm
 
 OPSET = 17
@@ -62,6 +64,7 @@ def weights(tensors: list[torch.Tensor | StoredTensor]) -> list[StoredTensor]:
             or t.dtype in (torch.int8, torch.uint8)]
 
 
+@register("torchscript", family="export", real_on=("cpu",))
 def torchscript(model: nn.Module, ctx: Context) -> Compressed:
     """TorchScript: traced on the example input, saved, loaded back, run by its interpreter."""
     example = _example(ctx, "torchscript")
@@ -77,6 +80,7 @@ def torchscript(model: nn.Module, ctx: Context) -> Compressed:
     return Compressed(exported, "real")
 
 
+@register("onnx", family="export", real_on=("cpu",))
 def onnx(model: nn.Module, ctx: Context) -> Compressed:
     """ONNX (opset 17, dynamic batch) run by ONNX Runtime's CPU execution provider."""
     folder = tempfile.TemporaryDirectory(prefix="compress-onnx-")
@@ -87,9 +91,27 @@ def onnx(model: nn.Module, ctx: Context) -> Compressed:
     return Compressed(exported, "real")
 
 
-def onnx_int4(block_size: float) -> Callable[[nn.Module, Context], Compressed]:
+def power_of_two(what: str, size: int) -> None:
+    """A 4-bit runtime's block (group) size: a power of 2 from 16, refused otherwise."""
+    if size < 16 or size & (size - 1):
+        raise ValueError(f"the {what} size must be a power of 2 >= 16, got {size}")
+
+
+@dataclass(frozen=True)
+class Block:
+    """How many consecutive inputs share a scale."""
+
+    block: int
+
+    def __post_init__(self):
+        power_of_two("block", self.block)
+
+
+@register("onnx_int4", Block, family="export", real_on=("cpu",), keeps={"grid"},
+          kernel=r"^MatMulNBits$", example="32")
+def onnx_int4(config: Block) -> Callable[[nn.Module, Context], Compressed]:
     """ONNX Runtime int4 weight-only: every MatMul with a constant weight becomes MatMulNBits."""
-    block = power_of_two_block("onnx_int4", "block", block_size)
+    block = config.block
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         try:
@@ -132,20 +154,15 @@ def onnx_int4(block_size: float) -> Callable[[nn.Module, Context], Compressed]:
     return transform
 
 
-def power_of_two_block(name: str, what: str, value: float) -> int:
-    """A 4-bit runtime's block (group) size: a power of 2 from 16, refused otherwise."""
-    block = int(value)
-    if block != value or block < 16 or block & (block - 1):
-        raise ValueError(f"{name}: the {what} size must be a power of 2 >= 16, got {value}")
-    return block
-
-
 # MatMulNBits' accuracy level, the least precision its activations may be computed in: 4 is
 # int8 (each block of activations quantized in the kernel, integer dot products on AVX2 and
 # AVX512-VNNI); 1 is fp32, which expands the 4-bit weights block by block instead.
 ACCURACY_LEVEL = 4
 
 
+# ONNX Runtime's integer nodes after its graph optimizations
+@register("onnx_int8", family="export", real_on=("cpu",), keeps={"grid"},
+          kernel=r"^(QLinear\w+|ConvInteger|MatMulInteger|DynamicQuantizeMatMul|QGemm)$")
 def onnx_int8(model: nn.Module, ctx: Context) -> Compressed:
     """ONNX Runtime static int8 (QDQ, per-channel weights), calibrated on the calibration data."""
     batches = list(ctx.calibration)

@@ -34,6 +34,7 @@ from torch import nn
 
 from compress.base import Compressed, Context, StoredTensor, Unsupported, relative_difference
 from compress.quant.weight_only import Int4Grid, int4_cpu_grid
+from compress.registry import register
 
 # The quantization types offered, by llama-quantize's names (its ftype constants).
 FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
@@ -88,6 +89,11 @@ def gguf(ftype: str) -> Callable[[nn.Module, Context], Compressed]:
     transform.__doc__ = (f"llama.cpp {ftype.upper()}: the weights in GGUF, quantized by "
                          "llama.cpp's quantizer, run by llama.cpp (llama-cpp-python).")
     return transform
+
+
+for _ftype in FTYPES:
+    register(f"gguf_{_ftype}", family="quantization", real_on=("cpu",), keeps={"grid"},
+             kernel=KERNEL)(gguf(_ftype))
 
 
 def _libraries(ftype: str):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from compress.base import Compressed, Context, StoredTensor, Unsupported
+from compress.registry import register
 from compress.runtime import causal_lm
 from compress.runtime.export import (
     Exported,
@@ -32,7 +34,7 @@ from compress.runtime.export import (
     _example,
     _Flat,
     _flatten,
-    power_of_two_block,
+    power_of_two,
 )
 
 # What proves an int8 execution: a layer with weights whose runtime precision is 8-bit.
@@ -42,6 +44,17 @@ KERNEL = r"^(Convolution|GroupConvolution|Deconvolution|FullyConnected|MatMul)\[
 WEIGHT_KERNEL = r"^FullyConnected\[(u8|i8|u4|i4)\]$"
 
 
+@dataclass(frozen=True)
+class Group:
+    """How many consecutive inputs share a scale."""
+
+    group: int
+
+    def __post_init__(self):
+        power_of_two("group", self.group)
+
+
+@register("openvino", family="export", real_on=("cpu",))
 def openvino(model: nn.Module, ctx: Context) -> Compressed:
     """OpenVINO IR run by OpenVINO's CPU plugin, fp32."""
     ov, _ = _libraries("openvino")
@@ -52,6 +65,7 @@ def openvino(model: nn.Module, ctx: Context) -> Compressed:
     return Compressed(exported, "real")
 
 
+@register("openvino_int8", family="export", real_on=("cpu",), keeps={"grid"}, kernel=KERNEL)
 def openvino_int8(model: nn.Module, ctx: Context) -> Compressed:
     """OpenVINO int8: NNCF post-training quantization calibrated on the calibration batches."""
     ov, nncf = _libraries("openvino_int8")
@@ -65,6 +79,8 @@ def openvino_int8(model: nn.Module, ctx: Context) -> Compressed:
     return Compressed(_save(ov, quantized, Path(folder.name), folder), "real")
 
 
+@register("openvino_int8_weight", family="export", real_on=("cpu",), keeps={"grid"},
+          kernel=WEIGHT_KERNEL)
 def openvino_int8_weight(model: nn.Module, ctx: Context) -> Compressed:
     """OpenVINO int8 weight compression (NNCF, data-free): weights int8 asymmetric per output
     channel, activations float."""
@@ -73,8 +89,10 @@ def openvino_int8_weight(model: nn.Module, ctx: Context) -> Compressed:
                               {"mode": nncf.CompressWeightsMode.INT8_ASYM})
 
 
-def openvino_int4_weight(group_size: float) -> Callable[[nn.Module, Context], Compressed]:
-    group = power_of_two_block("openvino_int4_weight", "group", group_size)
+@register("openvino_int4_weight", Group, family="export", real_on=("cpu",), keeps={"grid"},
+          kernel=WEIGHT_KERNEL, example="32")
+def openvino_int4_weight(config: Group) -> Callable[[nn.Module, Context], Compressed]:
+    group = config.group
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
         _, nncf = _libraries("openvino_int4_weight")
