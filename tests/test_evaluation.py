@@ -12,7 +12,7 @@ from torch import nn
 
 from benchmarks.harness import cell
 from benchmarks.harness.session import BenchRun
-from benchmarks.workloads.base import Score, Workload, evaluation
+from benchmarks.workloads.base import TOP1, Score, Workload, evaluation
 
 
 def test_the_fingerprint_sees_every_sample_and_label_and_nothing_else():
@@ -47,7 +47,7 @@ def tiny_workload(n: int = 200) -> Workload:
             per_sample = 100.0 * (candidate(x.to(input_dtype)).argmax(1) == y).double()
         return Score(per_sample.mean().item(), per_sample)
 
-    return Workload(name="w", metric="top1_pct", higher_is_better=True, model=model,
+    return Workload(name="w", metric=TOP1, model=model,
                     evaluate=top1, calibration=[x[:64]], example_input=x[:64], finetune=None,
                     checkpoint_sha256="test",
                     evaluation=evaluation(f"{n} random points", n, x, y))

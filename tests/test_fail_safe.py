@@ -104,6 +104,14 @@ def test_an_unknown_gate_name_or_gate_field_is_refused(tmp_path):
     path = write_baseline(tmp_path, data)
     with pytest.raises(BaselineError, match=r"cells\.int8_static\.acuracy_drop is no gated "):
         read_baseline(path)
+    data = baseline_data()  # a fidelity metric the reference entry does not name
+    data["cells"]["int8_static"]["flips_pct"] = data["cells"]["int8_static"]["size_ratio"]
+    with pytest.raises(BaselineError, match=r"cells\.int8_static\.flips_pct is no gated "
+                                            r"metric \(those are accuracy_drop, size_ratio, "
+                                            r"speedup, kld "):
+        read_baseline(write_baseline(tmp_path, data))
+    data["reference"]["fidelity"] = ["flips_pct"]  # named: read
+    assert read_baseline(write_baseline(tmp_path, data))["cells"]["int8_static"]["flips_pct"]
     data = baseline_data()
     data["cells"]["int8_static"]["speedup"]["tol"] = 0.1
     with pytest.raises(BaselineError, match=r"cells\.int8_static\.speedup\.tol is no field"):

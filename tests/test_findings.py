@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks.harness import provenance, report
-from benchmarks.workloads.base import chance_top1
+from benchmarks.workloads.base import PERPLEXITY, chance_top1
 from tests.test_verdict import make_record
 
 RUN = {"hardware_class": "cpu-x86_64-avx2", "cpu": "test", "torch": "x", "threads": 1,
@@ -31,7 +31,7 @@ def test_a_model_at_the_floor_is_collapsed_and_one_that_can_move_is_not():
 
 def test_collapse_works_for_metrics_where_lower_is_better():
     record = make_record("svd@0.9", comp_metric=1.7e6)
-    record.metric, record.higher_is_better = "perplexity", False
+    record.metric = PERPLEXITY
     record.reference_metric, record.floor = 24.1, 900.0
     assert record.collapsed  # far past the floor
     record.compressed_metric = 377.0  # worse, but still uses context

@@ -116,11 +116,11 @@ def test_report_shows_each_models_picture_beside_the_references(tmp_path):
 def test_a_cell_that_cannot_run_is_listed_in_the_report_with_its_reason(tmp_path):
     from benchmarks.harness.cell import measure_reference
     from benchmarks.harness.session import BenchRun
-    from benchmarks.workloads.base import Score, Workload, evaluation
+    from benchmarks.workloads.base import TOP1, Score, Workload, evaluation
 
     convs = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))  # no Linear
     x = torch.randn(2, 1, 8, 8)
-    workload = Workload(name="w", metric="top1_pct", higher_is_better=True, model=convs,
+    workload = Workload(name="w", metric=TOP1, model=convs,
                         evaluate=lambda m, dtype: Score(50.0, torch.full((4,), 0.5)),
                         calibration=[x], example_input=x, finetune=None, checkpoint_sha256="",
                         evaluation=evaluation("random images", 4, x))

@@ -10,7 +10,7 @@ from torch import nn
 from benchmarks.harness.cell import measure_reference, run_cell
 from benchmarks.harness.compare import LedgerCell
 from benchmarks.harness.verdict import baseline_entry, judge
-from benchmarks.workloads.base import Probe, Score, Workload, evaluation
+from benchmarks.workloads.base import KLD, PERPLEXITY, Probe, Score, Workload, evaluation
 from benchmarks.workloads.causal_lm import Distributions, fidelity
 
 
@@ -40,7 +40,7 @@ def lm_workload() -> Workload:
                                                reduction="none").mean(1).double()
         return Score(float(loss.mean().exp()), loss, {"ppl_first_half": float(loss[:8].mean()
                                                                                .exp())},
-                     kld=fidelity(reference, logits)[0])
+                     fidelity={"kld": fidelity(reference, logits)[0]})
 
     def greedy(candidate: nn.Module):
         def run():
@@ -50,7 +50,7 @@ def lm_workload() -> Workload:
             return ids
         return run
 
-    return Workload(name="tiny-lm", metric="perplexity", higher_is_better=False, model=model,
+    return Workload(name="tiny-lm", metric=PERPLEXITY, fidelity=(KLD,), model=model,
                     evaluate=evaluate, calibration=[windows[:4, :-1]],
                     example_input=windows[:2, :-1], finetune=None, checkpoint_sha256="test",
                     evaluation=evaluation("random windows", len(windows), windows),
@@ -63,10 +63,11 @@ def test_a_language_cell_keeps_token_ids_and_gates_its_probe():
     for technique in ("bf16", "int8_dynamic"):  # bf16 must not cast the token ids
         record, _ = run_cell(workload, measure_reference(workload, "cpu"), technique,
                              device="cpu", n_threads=1)
-        assert record.metric == "perplexity" and not record.self_check_problems
+        assert record.metric is PERPLEXITY and not record.self_check_problems
         assert set(record.gated()) == {"accuracy_drop", "size_ratio", "speedup",
                                        "decode_speedup", "kld"}
-        assert record.kld_interval.low <= record.kld <= record.kld_interval.high
+        kld, interval = record.gated()["kld"], record.fidelity_intervals["kld"]
+        assert interval.low <= kld <= interval.high
         assert record.accuracy_drop == record.compressed_metric - record.reference_metric
         assert record.drop_interval.low <= record.accuracy_drop <= record.drop_interval.high
         assert {"ppl_first_half", "prefill_tok_per_s", "decode_tok_per_s"} <= set(record.extras)

@@ -1,5 +1,6 @@
 """Bring your own model: a user's causal LM in a folder of their own, gated from a workload
-module outside the repository with the README's two commands (bless, then bench)."""
+module outside the repository with the README's two commands (bless, then bench); a user's
+trained classifier and detector through their factories."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import workloads
 
@@ -88,3 +90,98 @@ def test_a_registered_workload_can_be_chosen_by_name(monkeypatch):
     monkeypatch.setattr(workloads, "WORKLOADS", dict(workloads.WORKLOADS))
     workloads.use(["smollm2-135m"])
     assert list(workloads.WORKLOADS) == ["smollm2-135m"]
+
+
+# --- the other factories: a user's trained classifier and detector -------------------------
+
+
+class TinyNet(torch.nn.Module):
+    """A torchvision-style classifier: convolutions, BatchNorm, pooling, a Linear head."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.fc = torch.nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def image_folder(root: Path, per_class: int, seed: int) -> Path:
+    """An ImageFolder of 16 px PNGs, one colour channel brighter per class."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(seed)
+    for label in range(3):
+        (root / f"class{label}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 120, (16, 16, 3), generator=gen, dtype=torch.uint8)
+            pixels[..., label] += 120
+            Image.fromarray(pixels.numpy()).save(root / f"class{label}" / f"{i}.png")
+    return root
+
+
+def test_a_users_classifier_is_measured_from_its_image_folders(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.transforms import v2
+
+    from benchmarks.harness.cell import measure_reference, run_cell
+    from benchmarks.workloads.base import TOP1
+    from benchmarks.workloads.classification import classifier
+
+    test = torchvision.datasets.ImageFolder(str(image_folder(tmp_path / "test", 8, 0)),
+                                            v2.PILToTensor())
+    train = torchvision.datasets.ImageFolder(str(image_folder(tmp_path / "train", 40, 1)),
+                                             v2.PILToTensor())
+    torch.manual_seed(0)
+    workload = classifier("my-net", TinyNet(), test=test, train=train,
+                          prepare=lambda x: x.float() / 255, finetune_steps=5)
+    assert workload.metric is TOP1 and workload.evaluation.samples == 24
+    assert workload.floor.value == pytest.approx(100 / 3)
+    again = classifier("my-net", TinyNet(), test=test, train=train)
+    assert again.evaluation.fingerprint == workload.evaluation.fingerprint
+    reference = measure_reference(workload, "cpu")
+    for technique in ("int8_static", "prune_channels@0.3+ft"):
+        record, _ = run_cell(workload, reference, technique, device="cpu", n_threads=1)
+        assert not record.self_check_problems, record.self_check_problems
+        assert record.size_ratio > 1.0
+    assert "before_recovery" in record.extras  # the fine-tune ran
+
+
+def test_a_classifier_is_refused_data_it_cannot_read(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    from benchmarks.workloads.classification import classifier
+
+    pil = torchvision.datasets.ImageFolder(str(image_folder(tmp_path / "test", 2, 0)))
+    with pytest.raises(TypeError, match="must yield \\(tensor, label\\) pairs; give it a "
+                                        "transform that makes tensors"):
+        classifier("my-net", TinyNet(), test=pil, train=pil)
+    images = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="4 test images but 3 labels"):
+        classifier("my-net", TinyNet(), test=(images, torch.arange(3)), train=(images,
+                                                                            torch.arange(4)))
+
+
+def test_a_users_yolo_checkpoint_is_measured_on_its_data_yaml(tmp_path):
+    pytest.importorskip("ultralytics")
+    from benchmarks.harness.cell import measure_reference
+    from benchmarks.workloads.base import MAP50_95
+    from benchmarks.workloads.detector import offline_ultralytics, yolo_detector
+    from benchmarks.workloads.fmnist_det_data import DetectionRecipe, build
+
+    offline_ultralytics()
+    from ultralytics import YOLO
+
+    yaml = build(tmp_path, DetectionRecipe(train_images=16, val_images=8))
+    torch.manual_seed(0)
+    weights = tmp_path / "best.pt"
+    YOLO("yolov8n.yaml").save(weights)  # a checkpoint as `yolo train` leaves one
+    workload = yolo_detector("my-yolo", weights, yaml, imgsz=160, finetune_steps=2)
+    assert workload.metric is MAP50_95 and workload.evaluation.samples == 8
+    assert workload.example_input.shape == (8, 3, 160, 160)
+    reference = measure_reference(workload, "cpu")
+    assert 0.0 <= reference.score.value <= 100.0
+    assert len(reference.score.per_sample) == 8

@@ -26,7 +26,7 @@ NC = 10
 @pytest.fixture(scope="module")
 def yolo():
     """An untrained YOLOv8n with random BatchNorm (so a swapped half of a C2f would show)."""
-    from benchmarks.workloads.fmnist_det_yolov8n import offline_ultralytics
+    from benchmarks.workloads.detector import offline_ultralytics
 
     offline_ultralytics()  # nothing reaches the network
     from ultralytics.nn.tasks import DetectionModel

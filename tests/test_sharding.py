@@ -19,7 +19,7 @@ from torch import nn
 
 from benchmarks.harness.session import BenchRun
 from benchmarks.workloads import WORKLOADS
-from benchmarks.workloads.base import Score, Workload, evaluation
+from benchmarks.workloads.base import MAP50_95, TOP1, Score, Workload, evaluation
 from tests.test_verdict import make_record
 
 pytest_plugins = ["pytester"]
@@ -63,8 +63,8 @@ def _load(name: str, seed: int, resampled: bool) -> Workload:
                      100 * correct.double(),
                      resample=lambda idx: _macro_recall_pct(correct, labels, idx))
 
-    return Workload(name=name, metric="mAP50-95_pct" if resampled else "top1_pct",
-                    higher_is_better=True, model=model, evaluate=evaluate,
+    return Workload(name=name, metric=MAP50_95 if resampled else TOP1, model=model,
+                    evaluate=evaluate,
                     calibration=[images[:64]], example_input=images[:64], finetune=None,
                     checkpoint_sha256=f"fake-{seed}",
                     evaluation=evaluation(f"{N_SAMPLES} seeded images", N_SAMPLES, labels))

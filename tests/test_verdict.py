@@ -20,6 +20,7 @@ from benchmarks.harness.verdict import (
     load_baseline,
     reference_entry,
 )
+from benchmarks.workloads.base import KLD, TOP1, Metric
 
 
 def make_record(technique="int8_static", *, comp_metric=90.0, comp_bytes=250,
@@ -29,7 +30,7 @@ def make_record(technique="int8_static", *, comp_metric=90.0, comp_bytes=250,
     rounds = 9
     return Record(
         workload="w", technique=technique, family="quantization", execution=execution,
-        metric="top1_pct", higher_is_better=True, reference_metric=91.0,
+        metric=TOP1, reference_metric=91.0,
         compressed_metric=comp_metric, reference_size=ref_size, compressed_size=comp_size,
         timing=Timing([speed[0]] * rounds, [speed[1]] * rounds, 1),
         reference_peak_memory_bytes=4000, compressed_peak_memory_bytes=2000,
@@ -103,8 +104,31 @@ def test_clearly_better_is_reported_as_improved():
 
 
 def with_kld(record: Record, per_sample: list[float]) -> Record:
-    record.kld_per_sample = torch.tensor(per_sample, dtype=torch.float64)
+    record.fidelity = (KLD,)
+    record.fidelity_per_sample = {"kld": torch.tensor(per_sample, dtype=torch.float64)}
     return record
+
+
+def test_a_metric_declares_its_own_tolerance_and_direction():
+    """A workload's own metrics, declared once: the gates take their tolerances from them."""
+    score = Metric("my_score", "", higher_is_better=False, tolerance=0.7)
+    flips = Metric("flips_pct", "%", higher_is_better=False, tolerance=0.5, relative_tolerance=0.2)
+
+    def measured(flipped: float) -> Record:
+        record = make_record(comp_metric=93.0)  # lower is better: 2 worse than 91
+        record.metric, record.fidelity = score, (flips,)
+        record.fidelity_per_sample = {"flips_pct": torch.full((32,), flipped)}
+        return record
+
+    record = measured(5.0)
+    base = baseline_of(record)
+    assert base["accuracy_drop"] == {"value": 2.0, "tolerance": 0.7, "higher_is_better": False}
+    assert base["flips_pct"] == {"value": 5.0, "tolerance": 1.0, "higher_is_better": False}
+    assert record.to_json()["declared_gates"] == {
+        "accuracy_drop": {"tolerance": 0.7, "higher_is_better": False},
+        "flips_pct": {"tolerance": 1.0, "higher_is_better": False}}
+    assert statuses(judge(measured(5.9), base, speed_gated=True))["flips_pct"] == "pass"
+    assert statuses(judge(measured(7.0), base, speed_gated=True))["flips_pct"] == "fail"
 
 
 def test_the_divergence_from_the_reference_is_gated_with_its_own_tolerance():

@@ -100,7 +100,6 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         why_simulated=compressed.why_simulated,
         floor=workload.floor.value if workload.floor else None,
         metric=workload.metric,
-        higher_is_better=workload.higher_is_better,
         reference_metric=reference.score.value,
         compressed_metric=score.value,
         reference_size=reference.size,
@@ -118,7 +117,8 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         workload_notes=workload.notes,
         self_check_problems=problems,
         per_sample=per_sample,
-        kld_per_sample=score.kld,
+        fidelity=workload.fidelity,
+        fidelity_per_sample=score.fidelity,
         resamplers={"reference": reference.score.resample, "compressed": score.resample},
         pictures={"reference": reference.picture,
                   "compressed": workload.picture(model, compressed.input_dtype)}

@@ -45,17 +45,30 @@ class LedgerCell:
 
     def gated(self) -> dict[str, float]:
         probes = [f"{name}_speedup" for name in self.entry.get("probe_timings", {})]
-        divergence = ["kld"] if self.entry.get("kld") is not None else []
         return {m: _number(self.entry.get(m))
-                for m in ("accuracy_drop", "size_ratio", "speedup", *probes, *divergence)}
+                for m in ("accuracy_drop", "size_ratio", "speedup", *probes, *self._fidelity)}
+
+    @property
+    def _fidelity(self) -> list[str]:  # ledgers written before fidelity was named held kld
+        return self.entry.get("fidelity", ["kld"] if self.entry.get("kld") is not None else [])
 
     @property
     def drop_interval(self) -> Interval | None:
         return _interval(self.entry.get("accuracy_drop"), self.entry.get("accuracy_drop_ci"))
 
+    def declared_gates(self) -> dict[str, tuple[float, bool]]:
+        declared = self.entry.get("declared_gates")
+        if declared is None:
+            raise ValueError(f"ledger cell {self.entry.get('cell')} does not record its metrics' "
+                             "tolerances (written before metrics declared them): measure again "
+                             "with this tree")
+        return {name: (gate["tolerance"], gate["higher_is_better"])
+                for name, gate in declared.items()}
+
     @property
-    def kld_interval(self) -> Interval | None:
-        return _interval(self.entry.get("kld"), self.entry.get("kld_ci"))
+    def fidelity_intervals(self) -> dict[str, Interval | None]:
+        return {m: _interval(self.entry.get(m), self.entry.get(f"{m}_ci"))
+                for m in self._fidelity}
 
     @property
     def speedup_intervals(self) -> dict[str, Interval | None]:

@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.harness.measure import Size, Timing
 from benchmarks.harness.stats import Interval, median_ratio, paired_drop
-from benchmarks.workloads.base import SUMMARY
+from benchmarks.workloads.base import Metric
 
 # A compressed model keeping less of its reference's distance from the task's floor than this
 # has collapsed (MobileNetV2 pruned 90 % scores chance, 10.00 % top-1, whatever the pruning).
@@ -31,8 +31,7 @@ class Record:
     technique: str
     family: str
     execution: str  # "real" or "simulated"
-    metric: str  # the task metric, e.g. top1_pct
-    higher_is_better: bool  # of the task metric
+    metric: Metric  # the task metric, e.g. TOP1 (written as its name)
     reference_metric: float
     compressed_metric: float
     reference_size: Size
@@ -60,9 +59,10 @@ class Record:
     # and for metrics that need them, each model's Score.resample.
     per_sample: dict = field(default_factory=dict, repr=False)
     resamplers: dict = field(default_factory=dict, repr=False)
-    # Each sample's divergence from the reference's prediction (Score.kld), if the workload
-    # measures one; not serialized (its mean is, as `kld`).
-    kld_per_sample: torch.Tensor | None = field(default=None, repr=False)
+    # The workload's fidelity metrics (Workload.fidelity), written as their names, and each
+    # one's per-sample values (Score.fidelity), not serialized (their means are).
+    fidelity: tuple[Metric, ...] = ()
+    fidelity_per_sample: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     # The workload's picture of each model's output ("reference", "compressed"), for the
     # report; not serialized.
     pictures: dict = field(default_factory=dict, repr=False)
@@ -70,6 +70,10 @@ class Record:
     @property
     def cell(self) -> str:
         return f"{self.workload}-{self.technique}"
+
+    @property
+    def higher_is_better(self) -> bool:  # of the task metric
+        return self.metric.higher_is_better
 
     @property
     def accuracy_drop(self) -> float:
@@ -102,21 +106,15 @@ class Record:
             return None
         metric_of = (self.resamplers.get("reference"), self.resamplers.get("compressed"))
         return paired_drop(ref, comp, higher_is_better=self.higher_is_better,
-                           summary=SUMMARY.get(self.metric),
+                           summary=self.metric.summary,
                            metric_of=metric_of if all(metric_of) else None)
 
-    @property
-    def kld(self) -> float | None:
-        """The mean divergence of the predictions from the reference's (0: the same)."""
-        return None if self.kld_per_sample is None else float(self.kld_per_sample.mean())
-
     @cached_property
-    def kld_interval(self) -> Interval | None:
-        """The mean divergence with its bootstrap 95 % interval (samples resampled)."""
-        if self.kld_per_sample is None:
-            return None
-        return paired_drop(torch.zeros_like(self.kld_per_sample), self.kld_per_sample,
-                           higher_is_better=False)
+    def fidelity_intervals(self) -> dict[str, Interval]:
+        """Each fidelity metric's mean with its bootstrap 95 % interval (samples resampled)."""
+        return {m.name: paired_drop(torch.zeros_like(values), values, higher_is_better=False)
+                for m in self.fidelity
+                if (values := self.fidelity_per_sample.get(m.name)) is not None}
 
     @cached_property
     def speedup_interval(self) -> Interval:
@@ -148,12 +146,21 @@ class Record:
         return self.reference_peak_memory_bytes / self.compressed_peak_memory_bytes
 
     def gated(self) -> dict[str, float]:
-        """The numbers the verdicts judge: the paper's three, each probe's speedup, and the
-        divergence from the reference's predictions where the workload measures it."""
+        """The numbers the verdicts judge: the paper's three, each probe's speedup, and each
+        fidelity metric the workload declares."""
         return {"accuracy_drop": self.accuracy_drop, "size_ratio": self.size_ratio,
                 "speedup": self.speedup,
                 **{f"{name}_speedup": t.speedup for name, t in self.probe_timings.items()},
-                **({"kld": self.kld} if self.kld_per_sample is not None else {})}
+                **{m.name: float(values.mean()) for m in self.fidelity
+                   if (values := self.fidelity_per_sample.get(m.name)) is not None}}
+
+    def declared_gates(self) -> dict[str, tuple[float, bool]]:
+        """(tolerance, higher_is_better) of each gate whose metric the workload declares: the
+        task metric's drop, and each fidelity metric's value."""
+        gated = self.gated()
+        return {"accuracy_drop": (self.metric.tolerance_at(self.compressed_metric), False),
+                **{m.name: (m.tolerance_at(gated[m.name]), m.higher_is_better)
+                   for m in self.fidelity if m.name in gated}}
 
     def iqr(self, metric: str) -> tuple[float, float]:
         """The per-round interquartile range of a gated speedup."""
@@ -164,12 +171,17 @@ class Record:
     def __getstate__(self) -> dict:
         # Resamplers are often local lambdas (YOLO's mAP), which pickle cannot save: a sharded
         # run's worker computes the cached intervals that need them, and sends those instead.
-        self.drop_interval, self.speedup_intervals, self.kld_interval  # noqa: B018 (fills them)
+        self.drop_interval, self.speedup_intervals, self.fidelity_intervals  # noqa: B018
         return {**self.__dict__, "resamplers": {}}
 
     def to_json(self) -> dict:
-        in_memory = ("per_sample", "resamplers", "pictures", "kld_per_sample")
+        in_memory = ("per_sample", "resamplers", "pictures", "fidelity_per_sample", "metric",
+                     "fidelity")
         out = {k: v for k, v in asdict(self).items() if k not in in_memory}
+        out.update(metric=self.metric.name, higher_is_better=self.higher_is_better,
+                   fidelity=[m.name for m in self.fidelity],
+                   declared_gates={name: {"tolerance": tolerance, "higher_is_better": higher}
+                                   for name, (tolerance, higher) in self.declared_gates().items()})
         out["timing"]["speedup"] = self.speedup
         out["timing"]["speedup_iqr"] = list(self.timing.speedup_iqr)
         out["timing"]["reference_median_ms"] = _median(self.timing.reference_ms)
@@ -188,8 +200,8 @@ class Record:
                       for metric, interval in self.speedup_intervals.items()})
         if self.drop_interval is not None:
             out["accuracy_drop_ci"] = [self.drop_interval.low, self.drop_interval.high]
-        if self.kld_interval is not None:
-            out["kld_ci"] = [self.kld_interval.low, self.kld_interval.high]
+        for name, interval in self.fidelity_intervals.items():
+            out[f"{name}_ci"] = [interval.low, interval.high]
         return _finite_or_none(out)
 
 

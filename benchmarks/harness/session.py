@@ -58,9 +58,10 @@ class BenchRun:
             workload = self.workloads[name] = WORKLOADS[name].load()
             reference = self.references[name] = measure_reference(workload, self.device)
             self.workload_entries[name] = {
-                "reference": reference_entry(workload.metric, reference.score.value,
-                                             workload.higher_is_better,
-                                             workload.checkpoint_sha256, workload.floor),
+                "reference": reference_entry(workload.metric.name, reference.score.value,
+                                             workload.metric.higher_is_better,
+                                             workload.checkpoint_sha256, workload.floor,
+                                             tuple(m.name for m in workload.fidelity)),
                 "evaluation": asdict(workload.evaluation)}
         return self.workloads[name], self.references[name]
 
@@ -124,7 +125,7 @@ class BenchRun:
             found, _, _ = self.baseline(workload_name)
         except BaselineError as err:
             return self._baseline_unusable(f"{workload_name}-reference", err)
-        check = judge_reference(workload_name, workload.metric, reference.score.value, found,
+        check = judge_reference(workload_name, workload.metric.name, reference.score.value, found,
                                 workload.checkpoint_sha256)
         evaluation = judge_evaluation(check.cell, workload_name,
                                       self.evaluation(workload_name), found)

@@ -64,19 +64,12 @@ class Check:
 
 
 # Tolerances written when a baseline is blessed. Size is deterministic, so it is gated
-# tightly; accuracy is deterministic on one machine and data, so only a small slack for
-# another CPU's float rounding. Latency is noisy: uncalibrated, one run's spread says little
-# about the next run's, so the speedup gate is wide; once `nox -s calibrate` has measured the
-# spread between runs of an unchanged tree, the gate is a few of those standard deviations.
-# In the task metric's own unit, per metric: a new metric must say how much it may move.
-# neg_elbo_nats (fmnist-vae): 1 nat per image (0.002 bits per pixel, of about 1,900 nats),
-# wider than the paired 95 % interval of its quantization cells (±0.07 to ±0.3 nats).
-ACCURACY_TOLERANCE = {"top1_pct": 0.3, "perplexity": 0.1, "mAP50-95_pct": 1.0, "AP50_pct": 1.0,
-                      "psnr_db": 0.1, "neg_elbo_nats": 1.0}
+# tightly; a metric is deterministic on one machine and data, so it has only a small slack
+# for another CPU's float rounding, which it declares itself (workloads/base.py, Metric).
+# Latency is noisy: uncalibrated, one run's spread says little about the next run's, so the
+# speedup gate is wide; once `nox -s calibrate` has measured the spread between runs of an
+# unchanged tree, the gate is a few of those standard deviations.
 SIZE_TOLERANCE = 0.01  # relative
-# The divergence from the reference's predictions (nats) is deterministic on one machine like
-# the metric; it spans 1e-3 (8-bit) to 1 (broken), so its slack is relative, with a floor.
-KLD_TOLERANCE, KLD_TOLERANCE_FLOOR = 0.1, 0.001
 SPEEDUP_TOLERANCE_FLOOR = 0.25  # relative, uncalibrated
 SPEEDUP_SPREAD_FACTOR = 2.0  # times the half-width of the per-round ratio IQR, uncalibrated
 # Relative. Calibration sees the spread between runs on one machine, not between machines of
@@ -94,13 +87,6 @@ def speedup_tolerance(speedup: float, iqr: tuple[float, float],
     return max(SPEEDUP_TOLERANCE_FLOOR * speedup, SPEEDUP_SPREAD_FACTOR * (high - low) / 2)
 
 
-def accuracy_tolerance(metric: str) -> float:
-    if metric not in ACCURACY_TOLERANCE:
-        raise KeyError(f"no accuracy tolerance for metric {metric!r}: add it to "
-                       "ACCURACY_TOLERANCE in benchmarks/harness/verdict.py")
-    return ACCURACY_TOLERANCE[metric]
-
-
 def gates_for(record: Record, calibration: dict | None = None) -> dict[str, Gate]:
     """The gates to store when `record` is blessed as the new baseline.
 
@@ -108,16 +94,15 @@ def gates_for(record: Record, calibration: dict | None = None) -> dict[str, Gate
     speedup (LLM decoding) keeps the uncalibrated tolerance from its own rounds.
     """
     gated = record.gated()
+    declared = record.declared_gates()  # tolerances the workload's metrics declare
+    drop_tolerance, _ = declared.pop("accuracy_drop")
     gates = {
-        "accuracy_drop": Gate(round(record.accuracy_drop, 4),
-                              accuracy_tolerance(record.metric), False),
+        "accuracy_drop": Gate(round(record.accuracy_drop, 4), round(drop_tolerance, 6), False),
         "size_ratio": Gate(round(record.size_ratio, 4),
                            round(SIZE_TOLERANCE * record.size_ratio, 4), True),
+        **{name: Gate(round(gated[name], 6), round(tolerance, 6), higher)
+           for name, (tolerance, higher) in declared.items()},
     }
-    if "kld" in gated:
-        gates["kld"] = Gate(round(gated["kld"], 6),
-                            round(max(KLD_TOLERANCE * gated["kld"], KLD_TOLERANCE_FLOOR), 6),
-                            False)
     for metric in (m for m in gated if m.endswith("speedup")):
         tolerance = speedup_tolerance(gated[metric], record.iqr(metric),
                                       calibration if metric == "speedup" else None)
@@ -146,7 +131,7 @@ def judge(record: Record, cell_baseline: dict | None, *, speed_gated: bool,
         return [*checks, Check(cell, "baseline", "fail", math.nan,
                                f"{cell}: no baseline{why}; bless one with "
                                f"`nox -s baselines -- -k {cell}` and review the diff")]
-    intervals = {"accuracy_drop": record.drop_interval, "kld": record.kld_interval,
+    intervals = {"accuracy_drop": record.drop_interval, **record.fidelity_intervals,
                  **record.speedup_intervals}
     for metric, measured in record.gated().items():
         stored = cell_baseline.get(metric)
@@ -280,7 +265,10 @@ class BaselineError(ValueError):
     the verdict: a NaN gate compares false, so its cell could never regress."""
 
 
-GATED_METRICS = ("accuracy_drop", "size_ratio", "speedup", "kld")  # and `<probe>_speedup`
+GATED_METRICS = ("accuracy_drop", "size_ratio", "speedup")  # and `<probe>_speedup`, and the
+# workload's fidelity metrics, which its reference entry names (`"fidelity": ["kld"]`); a file
+# blessed before they were named there gated `kld` alone.
+LEGACY_FIDELITY = ["kld"]
 # Metrics gated after baselines existed: a cell blessed before reports them until re-blessed
 # (a class the maintainers have no machine of keeps its other gates meanwhile).
 GATED_SINCE = {"kld": "the divergence from the reference's predictions, gated since December "
@@ -290,7 +278,7 @@ GATE_FIELDS = ("value", "tolerance", "higher_is_better")
 
 def read_baseline(path: Path) -> dict:
     """A baseline file's contents, checked: every gate finite, every tolerance finite and not
-    negative, every direction a bool, every gate name known, `workload` the file's name.
+    negative, every direction a bool, `workload` the file's name.
     Keys the harness does not read (at the top level, in the reference entry) are allowed."""
     try:
         data = json.loads(path.read_text())
@@ -318,6 +306,10 @@ def _baseline_problem(data: dict, workload: str) -> tuple[str, str] | None:
     problem = _gate_problem(data.get("reference"), "reference", other_keys=True)
     if problem:
         return problem
+    fidelity = data["reference"].get("fidelity", LEGACY_FIDELITY)
+    if not isinstance(fidelity, list) or not all(isinstance(m, str) for m in fidelity):
+        return "reference.fidelity", "is not a list of metric names"
+    known = (*GATED_METRICS, *fidelity)
     cells = data.get("cells")
     if not isinstance(cells, dict):
         return "cells", "is not an object of techniques"
@@ -334,8 +326,8 @@ def _baseline_problem(data: dict, workload: str) -> tuple[str, str] | None:
                 rel_sd = gate.get("rel_sd") if isinstance(gate, dict) else None
                 if not _finite(rel_sd) or rel_sd < 0:
                     return f"{where}.rel_sd", f"is {json.dumps(rel_sd)}, not a finite number >= 0"
-            elif name not in GATED_METRICS and not re.fullmatch(r"\w+_speedup", name):
-                return where, (f"is no gated metric (those are {', '.join(GATED_METRICS)} and "
+            elif name not in known and not re.fullmatch(r"\w+_speedup", name):
+                return where, (f"is no gated metric (those are {', '.join(known)} and "
                                "<probe>_speedup)")
             else:
                 problem = _gate_problem(gate, where)
@@ -624,9 +616,12 @@ def judge_reference(workload: str, metric: str, measured: float,
 
 
 def reference_entry(metric: str, value: float, higher_is_better: bool, checkpoint: str,
-                    floor: Floor | None = None) -> dict:
+                    floor: Floor | None = None, fidelity: tuple[str, ...] = ()) -> dict:
+    """The reference's entry in a baseline file; it names the fidelity metrics the cells gate."""
     entry = {"metric": metric, "value": round(value, 4), "tolerance": REFERENCE_TOLERANCE,
              "higher_is_better": higher_is_better, "checkpoint_sha256": checkpoint}
     if floor is not None:
         entry.update(floor=round(floor.value, 4), floor_is=floor.what)
+    if fidelity:
+        entry["fidelity"] = list(fidelity)
     return entry

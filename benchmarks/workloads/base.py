@@ -1,5 +1,5 @@
-"""The workload contract: what a workload gives the harness (Workload, Score, Probe, Floor,
-Evaluation) and the names of its tiers and families."""
+"""The workload contract: what a workload gives the harness (Workload, Metric, Score, Probe,
+Floor, Evaluation) and the names of its tiers and families."""
 
 from __future__ import annotations
 
@@ -18,11 +18,50 @@ FAMILIES = ("classification", "detection", "language", "generative")
 
 
 @dataclass(frozen=True)
+class Metric:
+    """A gated metric, declared once: the workload holds it, the harness reads it.
+
+    A workload's metric is the mean of its per-sample values (Score.per_sample), or `summary`
+    of that mean (perplexity: exp of the mean token loss); one that is no function of a mean
+    (mAP over images) resamples itself (Score.resample). The tolerance is how far it may move
+    between runs of an unchanged tree on another CPU of one class (float rounding), in its own
+    unit, or relative to the blessed value where that is larger.
+    """
+
+    name: str  # as baselines and records name it, e.g. "top1_pct"
+    unit: str  # of its values, for the report: "%", "nats", "dB", "" (a ratio)
+    higher_is_better: bool
+    tolerance: float
+    relative_tolerance: float = 0.0
+    summary: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def tolerance_at(self, value: float) -> float:
+        return max(self.tolerance, self.relative_tolerance * abs(value))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+TOP1 = Metric("top1_pct", "%", higher_is_better=True, tolerance=0.3)
+PERPLEXITY = Metric("perplexity", "", higher_is_better=False, tolerance=0.1, summary=torch.exp)
+MAP50_95 = Metric("mAP50-95_pct", "%", higher_is_better=True, tolerance=1.0)
+AP50 = Metric("AP50_pct", "%", higher_is_better=True, tolerance=1.0)
+PSNR = Metric("psnr_db", "dB", higher_is_better=True, tolerance=0.1)
+# 1 nat per image (0.002 bits per pixel, of about 1,900 nats): wider than the paired 95 %
+# interval of fmnist-vae's quantization cells (±0.07 to ±0.3 nats).
+NEG_ELBO = Metric("neg_elbo_nats", "nats", higher_is_better=False, tolerance=1.0)
+# How far a model's predictions moved from the reference's (a language model's next-token KL
+# divergence, a fidelity metric: Workload.fidelity). It spans 1e-3 (8-bit) to 1 (broken), so
+# its slack is relative, with a floor.
+KLD = Metric("kld", "nats", higher_is_better=False, tolerance=0.001, relative_tolerance=0.1)
+
+
+@dataclass(frozen=True)
 class Score:
     """A task metric and the per-sample outcomes it was computed from (for paired tests).
 
     `per_sample` holds each test sample's contribution, so that `value` is their mean (top-1
-    in %: 100 for a right answer, 0 for a wrong one), or the metric's SUMMARY of their mean
+    in %: 100 for a right answer, 0 for a wrong one), or the Metric's summary of their mean
     (perplexity: exp of the mean per-window token loss).
     """
 
@@ -35,14 +74,10 @@ class Score:
     # each row of an index matrix (rows, n) of samples, for the paired bootstrap. `per_sample`
     # then holds one number per sample for the self-checks (detection: true positives).
     resample: Callable[[torch.Tensor], torch.Tensor] | None = None
-    # How far each sample's prediction moved from the reference model's (language models: the
-    # KL divergence of the next-token distributions, nats): gated beside the metric as `kld`,
-    # since a metric can hold while the predictions change.
-    kld: torch.Tensor | None = None
-
-
-# A metric is the mean of its per-sample values, or the function listed here of that mean.
-SUMMARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"perplexity": torch.exp}
+    # How far each sample's prediction moved from the reference model's, per fidelity metric
+    # the workload declares (Workload.fidelity; a language model's next-token KL divergence as
+    # "kld"): each is gated beside the task metric, which can hold while predictions change.
+    fidelity: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,8 +153,7 @@ class Workload:
     """A reference model, its data and metric, and what a technique may need from it."""
 
     name: str
-    metric: str  # e.g. "top1_pct"
-    higher_is_better: bool
+    metric: Metric  # e.g. TOP1
     model: nn.Module
     evaluate: Callable[[nn.Module, torch.dtype], Score]
     calibration: list[torch.Tensor]
@@ -128,6 +162,9 @@ class Workload:
     checkpoint_sha256: str
     evaluation: Evaluation
     floor: Floor | None = None
+    # Gated beside `metric`: how far a model's predictions moved from the reference's, each the
+    # mean of its per-sample values in Score.fidelity (a language model: KLD).
+    fidelity: tuple[Metric, ...] = ()
     # About the reference and its data (source, recipe, context numbers): in every record of
     # the workload and under its heading in the report.
     notes: dict = field(default_factory=dict)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.workloads.base import Floor, Probe, Score, Workload, evaluation
+from benchmarks.workloads.base import KLD, PERPLEXITY, Floor, Probe, Score, Workload, evaluation
 from benchmarks.workloads.cache import state_sha256
 from benchmarks.workloads.console import progress, say, say_loaded
 from benchmarks.workloads.device import model_device
@@ -162,7 +162,8 @@ def causal_lm(name: str, source: str | Path, *, gguf_file: str | None = None,
                    "top1_agreement_pct": float(torch.cat(same_top).mean()),
                    # llm-compressor's recovery: the reference's perplexity over this one's.
                    "ppl_recovery": float((reference_loss.mean() - per_window.mean()).exp())}
-        return Score(float(per_window.mean().exp()), per_window, extras, kld=torch.cat(kld))
+        return Score(float(per_window.mean().exp()), per_window, extras,
+                     fidelity={KLD.name: torch.cat(kld)})
 
     prompt = first[:decode_prompt].unsqueeze(0)
 
@@ -189,8 +190,8 @@ def causal_lm(name: str, source: str | Path, *, gguf_file: str | None = None,
     windows = torch.cat(list(scored.values()))
     return Workload(
         name=name,
-        metric="perplexity",
-        higher_is_better=False,
+        metric=PERPLEXITY,
+        fidelity=(KLD,),
         model=model,
         evaluate=evaluate,
         calibration=calibration,

@@ -1,4 +1,5 @@
-"""Image classification on Fashion-MNIST: top-1 on the full 10k test set."""
+"""Image classification: top-1 on a test set. `classifier` benchmarks a trained model a user
+brings; `image_classifier` trains ours on Fashion-MNIST first (top-1 on the full 10k test set)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
-from benchmarks.workloads import fashion_mnist
-from benchmarks.workloads.base import Score, Workload, chance_top1, evaluation
+from benchmarks.workloads import fashion_mnist, training
+from benchmarks.workloads.base import TOP1, Score, Workload, chance_top1, evaluation
 from benchmarks.workloads.cache import cached_state_dict, state_sha256
 from benchmarks.workloads.device import model_device
-from benchmarks.workloads.training import train
 
 EVAL_BATCH = 500
 TIMING_BATCH = 32
@@ -42,63 +43,120 @@ def image_classifier(
     prepare: Callable[[torch.Tensor], torch.Tensor],
     start: Callable[[], nn.Module] | None = None,
 ) -> Workload:
-    """A Workload for a classifier built by `build` and trained (or fine-tuned) per `recipe`.
+    """A classifier built by `build` and trained (or fine-tuned) here on Fashion-MNIST per
+    `recipe`, then benchmarked as `classifier` does.
 
     `prepare` turns uint8 (N, 28, 28) images into the model's input batch; `start` builds the
     model training starts from (pretrained weights, say), only when there is no cached one.
     """
     data = fashion_mnist.load()
-
-    def batch_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        device = model_device(model)
-        logits = model(prepare(data.train_images[idx]).to(device))
-        return F.cross_entropy(logits, data.train_labels[idx].to(device))
+    batch_loss = _loss(prepare, data.train_images, data.train_labels)
 
     def fit() -> nn.Module:
-        return train((start or build)(), batch_loss, len(data.train_labels), epochs=recipe.epochs,
-                     batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed,
-                     desc=f"train {name}")
+        return training.train((start or build)(), batch_loss, len(data.train_labels),
+                              epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                              seed=recipe.seed, desc=f"train {name}")
 
     state, path = cached_state_dict(name, recipe, fit)
     model = build()
     model.load_state_dict(state)
+    return classifier(name, model, test=(data.test_images, data.test_labels),
+                      train=(data.train_images, data.train_labels), prepare=prepare,
+                      batch_size=recipe.batch_size, finetune_lr=recipe.finetune_lr,
+                      finetune_steps=recipe.finetune_steps, seed=recipe.seed,
+                      definition="Fashion-MNIST t10k: all 10,000 test images and labels",
+                      notes={"checkpoint": str(path), "recipe": recipe.__dict__})
+
+
+Data = tuple[torch.Tensor, torch.Tensor] | Dataset
+
+
+def classifier(
+    name: str,
+    model: nn.Module,
+    *,
+    test: Data,
+    train: Data,
+    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    batch_size: int = 64,
+    finetune_lr: float = 5e-4,
+    finetune_steps: int = 200,
+    seed: int = 0,
+    definition: str = "",
+    notes: dict | None = None,
+) -> Workload:
+    """A Workload for a trained image classifier (a torchvision model, say): top-1 in % on
+    `test`, calibration and the recovery fine-tune (`+ft`: cross-entropy, Adam) from `train`.
+
+    `test` and `train` are (images, labels) tensors or datasets of (image, label) pairs, as
+    torchvision's are with a `transform` that makes tensors; `prepare` turns a batch of their
+    images into the model's input (normalization, say). The test set is fingerprinted in the
+    baselines: hand it over as stored (uint8 images where they are), so another machine's
+    float preprocessing cannot change the fingerprint.
+    """
+    test_images, test_labels = _tensors(test, "test")
+    train_images, train_labels = _tensors(train, "train")
     model.eval()
 
     def evaluate(candidate: nn.Module, input_dtype: torch.dtype = torch.float32) -> Score:
         correct, device = [], model_device(candidate)
         with torch.inference_mode():
-            for start in range(0, len(data.test_labels), EVAL_BATCH):
-                x = prepare(data.test_images[start:start + EVAL_BATCH]).to(device, input_dtype)
+            for start in range(0, len(test_labels), EVAL_BATCH):
+                x = prepare(test_images[start:start + EVAL_BATCH]).to(device, input_dtype)
                 pred = candidate(x).argmax(dim=1).cpu()
-                correct.append(pred == data.test_labels[start:start + EVAL_BATCH])
+                correct.append(pred == test_labels[start:start + EVAL_BATCH])
         per_sample = 100.0 * torch.cat(correct).float()
         return Score(per_sample.mean().item(), per_sample)
 
+    batch_loss = _loss(prepare, train_images, train_labels)
+
     def finetune(candidate: nn.Module) -> None:
-        train(candidate, batch_loss, len(data.train_labels), epochs=1,
-              batch_size=recipe.batch_size, lr=recipe.finetune_lr, seed=recipe.seed + 1,
-              max_steps=recipe.finetune_steps, desc=f"fine-tune {name}")
+        training.train(candidate, batch_loss, len(train_labels), epochs=1, batch_size=batch_size,
+                   lr=finetune_lr, seed=seed + 1, max_steps=finetune_steps,
+                   desc=f"fine-tune {name}")
 
     # Calibration comes from the training split, never the test split it is scored on.
-    calib_idx = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(7))
-    calibration = [prepare(data.train_images[i])
+    calib_idx = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(7))
+    calibration = [prepare(train_images[i])
                    for i in calib_idx[:CALIBRATION_BATCHES * CALIBRATION_BATCH]
                    .split(CALIBRATION_BATCH)]
     return Workload(
         name=name,
-        metric="top1_pct",
-        higher_is_better=True,
+        metric=TOP1,
         model=model,
         evaluate=evaluate,
         calibration=calibration,
-        example_input=prepare(data.test_images[:TIMING_BATCH]),
+        example_input=prepare(test_images[:TIMING_BATCH]),
         finetune=finetune,
-        checkpoint_sha256=state_sha256(state),
-        evaluation=evaluation("Fashion-MNIST t10k: all 10,000 test images and labels",
-                              len(data.test_labels), data.test_images, data.test_labels),
-        floor=chance_top1(data.test_labels),
-        notes={"checkpoint": str(path), "recipe": recipe.__dict__},
+        checkpoint_sha256=state_sha256(model.state_dict()),
+        evaluation=evaluation(definition or f"{len(test_labels)} test images and labels",
+                              len(test_labels), test_images, test_labels),
+        floor=chance_top1(test_labels),
+        notes=notes or {},
     )
 
 
+def _loss(prepare: Callable, images: torch.Tensor, labels: torch.Tensor) -> Callable:
+    def batch_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        device = model_device(model)
+        logits = model(prepare(images[idx]).to(device))
+        return F.cross_entropy(logits, labels[idx].to(device))
 
+    return batch_loss
+
+
+def _tensors(data: Data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a pair of tensors or of a dataset of (image, label) pairs."""
+    if isinstance(data, tuple):
+        images, labels = data
+    else:
+        pairs = [data[i] for i in range(len(data))]
+        if not pairs or not isinstance(pairs[0][0], torch.Tensor):
+            raise TypeError(f"classifier: the {what} dataset must yield (tensor, label) pairs; "
+                            "give it a transform that makes tensors (torchvision's "
+                            "transforms.PILToTensor() keeps uint8)")
+        images = torch.stack([image for image, _ in pairs])
+        labels = torch.tensor([int(label) for _, label in pairs])
+    if len(images) != len(labels) or not len(labels):
+        raise ValueError(f"classifier: {len(images)} {what} images but {len(labels)} labels")
+    return images, labels.long()

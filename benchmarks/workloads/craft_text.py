@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.workloads.base import Floor, Score, Workload, evaluation
+from benchmarks.workloads.base import AP50, Floor, Score, Workload, evaluation
 from benchmarks.workloads.cache import state_sha256
 from benchmarks.workloads.console import say
 from benchmarks.workloads.device import batched_outputs, model_device
@@ -115,8 +115,7 @@ def load() -> Workload:
 
     return Workload(
         name=NAME,
-        metric="AP50_pct",
-        higher_is_better=True,
+        metric=AP50,
         model=model,
         evaluate=evaluate,
         calibration=list(train_x[:16].split(EVAL_BATCH)),  # training scenes, never scored ones

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.workloads import fashion_mnist, fmnist_cnn
-from benchmarks.workloads.base import Floor, Score, Workload, evaluation
+from benchmarks.workloads.base import NEG_ELBO, Floor, Score, Workload, evaluation
 from benchmarks.workloads.cache import cached_state_dict, state_sha256
 from benchmarks.workloads.device import batched_outputs, model_device
 from benchmarks.workloads.training import train
@@ -321,8 +321,7 @@ def load() -> Workload:
     calibration = mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape, generator=gen)
     return Workload(
         name=NAME,
-        metric="neg_elbo_nats",
-        higher_is_better=False,
+        metric=NEG_ELBO,
         model=vae.decoder,
         evaluate=evaluate,
         calibration=list(calibration.split(CALIBRATION_BATCH)),

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.workloads.base import Score, Workload, chance_top1, evaluation
+from benchmarks.workloads.base import TOP1, Score, Workload, chance_top1, evaluation
 from benchmarks.workloads.cache import cached_state_dict, state_sha256
 from benchmarks.workloads.console import progress, say, say_loaded
 from benchmarks.workloads.device import model_device
@@ -132,8 +132,7 @@ def sentence_encoder(name: str, source: str, texts: list[str], labels: list[int]
     calibration = list(ids[train][:128].split(EMBED_BATCH))
     return Workload(
         name=name,
-        metric="top1_pct",
-        higher_is_better=True,
+        metric=TOP1,
         model=model,
         evaluate=evaluate,
         calibration=calibration,

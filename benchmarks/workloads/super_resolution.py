@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.workloads.base import Score, Workload, evaluation
+from benchmarks.workloads.base import PSNR, Score, Workload, evaluation
 from benchmarks.workloads.cache import state_sha256
 from benchmarks.workloads.device import batched_outputs, model_device
 from benchmarks.workloads.training import train
@@ -121,8 +121,7 @@ def super_resolution(name: str, model: nn.Module, timing_batch: int,
 
     return Workload(
         name=name,
-        metric="psnr_db",
-        higher_is_better=True,
+        metric=PSNR,
         model=model,
         evaluate=evaluate,
         calibration=list(training_low[:32].split(EVAL_BATCH)),
