@@ -36,6 +36,9 @@ class Context:
     # Trains what requires grad in a model, in place, for a short while: the recovery
     # pipelines (`+ft`, `+lora`, `+qlora`) and `lora` use it.
     finetune: Callable[[nn.Module], None] | None = None
+    # The same fine-tune with the reference model's outputs as soft targets beside the task's
+    # loss (knowledge distillation): `+kd` uses it.
+    distill: Callable[[nn.Module], None] | None = None
     # The workload's metric of a model (given its input dtype): a recovery pipeline reports
     # the metric before recovering, beside the one after.
     evaluate: Callable[[nn.Module, torch.dtype], float] | None = None

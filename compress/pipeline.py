@@ -39,19 +39,20 @@ def with_recovery(technique: Technique, suffix: str) -> Technique:
     The result executes as the technique did (a recovery trains weights or adds an adapter;
     it does not change how the technique's layers run).
     """
-    recover = RECOVERIES[suffix]
+    recovery = RECOVERIES[suffix]
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
-        if ctx.finetune is None:  # every recovery trains; know it before compressing
-            raise Unsupported(f"{technique.name}+{suffix} needs a fine-tune in Context.finetune")
+        if getattr(ctx, recovery.needs) is None:  # know it before compressing
+            raise Unsupported(f"{technique.name}+{suffix} needs Context.{recovery.needs}, "
+                              "which this workload does not give")
         out = technique.transform(model, ctx)
         extras = dict(out.extras)
         if ctx.evaluate is not None:
             extras["before_recovery"] = ctx.evaluate(out.model.eval(), out.input_dtype)
-        recovered = recover(out.model, ctx, technique.keeps)
+        recovered = recovery.run(out.model, ctx, technique.keeps)
         return Compressed(recovered.model, out.execution, out.input_dtype, out.why_simulated,
                           extras={**extras, **recovered.extras})
 
-    transform.__doc__ = f"{technique.doc} Then: {recover.__doc__}"
+    transform.__doc__ = f"{technique.doc} Then: {recovery.run.__doc__}"
     return Technique(f"{technique.name}+{suffix}", "pipeline", technique.real_on, transform,
                      transform.__doc__, technique.kernel, technique.keeps)

@@ -1,14 +1,20 @@
 """Recoveries: training after a technique that wins back some of what it lost (compress/pipeline.py
 chains them: `prune_l1@0.5+ft`).
 
-`+ft` fine-tunes the compressed weights themselves. It keeps every zero of the model (a
+`+ft` fine-tunes the compressed weights themselves, `+kd` the same with the reference's
+outputs as soft targets (knowledge distillation). They keep every zero of the model (a
 fine-tune never densifies a pruned model, whatever pruned it) and what the technique declares
-it keeps (`Technique.keeps`): shared values stay shared; a quantization grid it refuses, since
-training the weights would leave it. `+lora` and `+qlora` train a low-rank adapter beside
-frozen weights (compress/lowrank/lora.py), which keeps everything.
+it keeps (`Technique.keeps`): a quantization grid they refuse, since training the weights
+would leave it; shared values stay shared by construction (palettes train, indices do not).
+`+lora` and `+qlora` train a low-rank adapter beside frozen weights (compress/lowrank/lora.py),
+which keeps everything. Each trains with what the workload gives the Context (`finetune`,
+`distill`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -47,54 +53,37 @@ def finetune_keeping_zeros(model: nn.Module, finetune) -> None:
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
-class _KeepShared(nn.Module):
-    """A parametrization whose trained tensor is a weight's palette (its distinct values): the
-    weight is rebuilt from it through a fixed index, so weights that shared a value still do
-    (the centroids are fine-tuned, as Deep Compression does after k-means), and a zero stays
-    zero."""
-
-    def __init__(self, index: torch.Tensor, zero: torch.Tensor):
-        super().__init__()
-        self.register_buffer("index", index)
-        self.register_buffer("zero", zero)  # which palette entry is 0, if one is
-
-    def forward(self, palette: torch.Tensor) -> torch.Tensor:
-        return palette.masked_fill(self.zero, 0.0)[self.index]
-
-    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        return torch.unique(weight)  # sorted, as the index was taken
-
-
-def finetune_keeping_shared(model: nn.Module, finetune) -> None:
-    """Run `finetune(model)` training each weight's palette, so shared values stay shared."""
-    shared = []
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, nn.Parameter) and weight.is_floating_point():
-            palette, index = torch.unique(weight.detach(), return_inverse=True)
-            parametrize.register_parametrization(module, "weight",
-                                                 _KeepShared(index, palette == 0))
-            shared.append(module)
-    finetune(model)
-    for module in shared:
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-
-
 def finetune(model: nn.Module, ctx: Context, keeps: frozenset[Invariant]) -> Compressed:
     """The workload's short recovery fine-tune, every zero and what the technique declares
     kept."""
+    return _trained(model, ctx.finetune, keeps, "+ft")
+
+
+def distill(model: nn.Module, ctx: Context, keeps: frozenset[Invariant]) -> Compressed:
+    """The workload's recovery fine-tune with the reference's outputs as soft targets beside
+    the task's loss (knowledge distillation), every zero and what the technique declares
+    kept."""
+    return _trained(model, ctx.distill, keeps, "+kd")
+
+
+def _trained(model: nn.Module, train, keeps: frozenset[Invariant], name: str) -> Compressed:
     if not any(p.is_floating_point() for p in model.parameters()):
-        raise Unsupported("+ft: the model has no float weights to train")
+        raise Unsupported(f"{name}: the model has no float weights to train")
     if "grid" in keeps:
-        raise Unsupported("+ft would move the quantized weights off their grid: recover with "
-                          "+lora or +qlora, which train an adapter beside them")
+        raise Unsupported(f"{name} would move the quantized weights off their grid: recover "
+                          "with +lora or +qlora, which train an adapter beside them")
     model.train()
-    if "shared" in keeps:
-        finetune_keeping_shared(model, ctx.finetune)
-    else:
-        finetune_keeping_zeros(model, ctx.finetune)
+    # Shared weights need nothing more: a sharing technique stores palettes (trained) and
+    # indices (buffers), so weights that shared a value still do (compress/sharing/).
+    finetune_keeping_zeros(model, train)
     return Compressed(model.eval(), "real")
 
 
-RECOVERIES = {"ft": finetune, "lora": lora.lora, "qlora": lora.qlora}
+@dataclass(frozen=True)
+class Recovery:
+    run: Callable[[nn.Module, Context, frozenset[Invariant]], Compressed]
+    needs: str  # the Context field that trains: "finetune" or "distill"
 
+
+RECOVERIES = {"ft": Recovery(finetune, "finetune"), "kd": Recovery(distill, "distill"),
+              "lora": Recovery(lora.lora, "finetune"), "qlora": Recovery(lora.qlora, "finetune")}

@@ -81,7 +81,7 @@ def test_every_registered_name_resolves(base):
     assert technique.doc.strip(), f"{name} has no description"
 
 
-@pytest.mark.parametrize("recovery", ["ft", "lora", "qlora"])
+@pytest.mark.parametrize("recovery", ["ft", "kd", "lora", "qlora"])
 @pytest.mark.parametrize("base", names())
 def test_a_recovery_suffix_makes_a_pipeline(base, recovery):
     plain = get(example(base))
@@ -199,7 +199,7 @@ def test_unknown_stage_raises_key_error_naming_it(name):
         get(name)
     stage = name.rpartition("+")[2]
     assert f"unknown stage '+{stage}'" in message(excinfo)
-    for known in ("+ft", "+lora", "+qlora", *names()):  # what a stage may be
+    for known in ("+ft", "+kd", "+lora", "+qlora", *names()):  # what a stage may be
         assert known in message(excinfo)
 
 
@@ -343,30 +343,6 @@ def test_every_integer_quantizer_declares_its_grid():
             assert entry.keeps == {"grid"}, base
         if entry.family in ("pruning", "low-rank"):
             assert not entry.keeps, base  # float weights: +ft trains them (zeros kept)
-
-
-def test_ft_after_a_technique_that_shares_weights_keeps_them_shared(palette, monkeypatch):
-    """Each weight takes one of 5 values; the fine-tune moves the values, not the sharing."""
-
-    def five_values(model, ctx):
-        for module in (model.conv1, model.conv2, model.fc):
-            w = module.weight.data
-            module.weight.data = torch.quantize_per_tensor(
-                w, float(w.abs().max()) / 2, 0, torch.qint8).dequantize()  # -2..2 x scale
-        return compress.Compressed(model, "simulated")
-
-    monkeypatch.setitem(compress.registry.REGISTRY, "palette", dataclasses.replace(
-        compress.registry.REGISTRY["palette"], make=lambda config: five_values))
-    model = SmallCNN()
-    shared = get("palette@4").apply(model).model
-    recovered = get("palette@4+ft").apply(model, Context(finetune=sgd_finetune(steps=5))).model
-    for name in ("conv1", "conv2", "fc"):
-        before = getattr(shared, name).weight
-        after = getattr(recovered, name).weight
-        assert len(torch.unique(after)) <= len(torch.unique(before)) <= 5
-        assert not torch.equal(after, before)  # the palette itself trained
-        for value in torch.unique(before):  # weights that shared a value still do
-            assert len(torch.unique(after[before == value])) == 1
 
 
 def test_a_pipeline_keeps_what_each_of_its_stages_keeps(palette):

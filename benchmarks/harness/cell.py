@@ -65,6 +65,7 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         calibration=[b.to(device) for b in workload.calibration],
         example_input=workload.example_input.to(device),
         finetune=workload.finetune,
+        distill=workload.distill,
         evaluate=lambda candidate, dtype: workload.evaluate(candidate, dtype).value,
         source_file=workload.source_file,
     )

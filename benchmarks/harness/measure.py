@@ -59,6 +59,10 @@ def _stored(model: nn.Module) -> list[_Stored]:
     logical = {f"{name}.weight": math.prod(m.weight.quant_state.shape)
                for name, m in model.named_modules()
                if getattr(getattr(m, "weight", None), "quant_state", None) is not None}
+    # A module that stores its weights packed says what each entry stands for (a palette, or
+    # other metadata: 0 weights; compress.sharing's packed indices: the layer's weights).
+    logical |= {f"{name}.{key}".lstrip("."): count for name, m in model.named_modules()
+                if hasattr(m, "logical_weights") for key, count in m.logical_weights().items()}
     out, seen = [], set()
     for key, value in model.state_dict().items():
         for t in _tensors(value):
@@ -68,7 +72,7 @@ def _stored(model: nn.Module) -> list[_Stored]:
                 if (t.data_ptr(), t.dtype, t.shape) in seen:  # a tied weight, stored once
                     continue
                 seen.add((t.data_ptr(), t.dtype, t.shape))
-            metadata = any(part in key for part in _QUANT_METADATA)
+            metadata = any(part in key for part in _QUANT_METADATA) or logical.get(key) == 0
             if t.is_quantized:
                 t = t.int_repr()
             elif not (t.is_floating_point() or t.dtype in (torch.int8, torch.uint8)):

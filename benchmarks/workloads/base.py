@@ -162,6 +162,9 @@ class Workload:
     checkpoint_sha256: str
     evaluation: Evaluation
     floor: Floor | None = None
+    # The fine-tune with the reference's outputs as soft targets beside the task's loss
+    # (training.distillation_loss), for `+kd`; None where the workload has none.
+    distill: Callable[[nn.Module], None] | None = None
     # Gated beside `metric`: how far a model's predictions moved from the reference's, each the
     # mean of its per-sample values in Score.fidelity (a language model: KLD).
     fidelity: tuple[Metric, ...] = ()

@@ -108,12 +108,11 @@ def classifier(
         per_sample = 100.0 * torch.cat(correct).float()
         return Score(per_sample.mean().item(), per_sample)
 
-    batch_loss = _loss(prepare, train_images, train_labels)
-
-    def finetune(candidate: nn.Module) -> None:
-        training.train(candidate, batch_loss, len(train_labels), epochs=1, batch_size=batch_size,
-                   lr=finetune_lr, seed=seed + 1, max_steps=finetune_steps,
-                   desc=f"fine-tune {name}")
+    def recovery(teacher: nn.Module | None, what: str) -> Callable[[nn.Module], None]:
+        batch_loss = _loss(prepare, train_images, train_labels, teacher)
+        return lambda candidate: training.train(
+            candidate, batch_loss, len(train_labels), epochs=1, batch_size=batch_size,
+            lr=finetune_lr, seed=seed + 1, max_steps=finetune_steps, desc=f"{what} {name}")
 
     # Calibration comes from the training split, never the test split it is scored on.
     calib_idx = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(7))
@@ -127,7 +126,8 @@ def classifier(
         evaluate=evaluate,
         calibration=calibration,
         example_input=prepare(test_images[:TIMING_BATCH]),
-        finetune=finetune,
+        finetune=recovery(None, "fine-tune"),
+        distill=recovery(model, "distill into"),
         checkpoint_sha256=state_sha256(model.state_dict()),
         evaluation=evaluation(definition or f"{len(test_labels)} test images and labels",
                               len(test_labels), test_images, test_labels),
@@ -136,11 +136,19 @@ def classifier(
     )
 
 
-def _loss(prepare: Callable, images: torch.Tensor, labels: torch.Tensor) -> Callable:
+def _loss(prepare: Callable, images: torch.Tensor, labels: torch.Tensor,
+          teacher: nn.Module | None = None) -> Callable:
+    """Cross-entropy of a batch of training items; with a teacher, distilled from its logits."""
     def batch_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         device = model_device(model)
-        logits = model(prepare(images[idx]).to(device))
-        return F.cross_entropy(logits, labels[idx].to(device))
+        x = prepare(images[idx]).to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, labels[idx].to(device))
+        if teacher is None:
+            return loss
+        with torch.no_grad():
+            target = teacher(x)
+        return training.distillation_loss(loss, logits, target)
 
     return batch_loss
 

@@ -36,6 +36,14 @@ CELLS = {
     **{f"prune_l1@{s}+ft": "full" for s in (0.5, 0.8, 0.9)},
     **{f"prune_global@{s}+ft": "full" for s in (0.5, 0.8)},
     **{f"prune_channels@{s}+ft": "full" for s in (0.3, 0.7)},
+    # Distillation from the reference beside the labels, against the plain fine-tune above.
+    "prune_channels@0.5+kd": "full",
+    "prune_global@0.9+kd": "full",
+    # Weight sharing: palettes of 16 or 256 values, packed indices; +ft trains the palettes.
+    "kmeans@16": "full",
+    "kmeans@16,per=channel": "full",
+    "kmeans@256": "full",
+    "kmeans@16+ft": "full",
 }
 RECIPE = Recipe(arch="cnn2-32-64-128", init="scratch", epochs=2, batch_size=128, lr=3e-3)
 

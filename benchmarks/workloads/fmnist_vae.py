@@ -55,6 +55,7 @@ CELLS = {
     "svd@0.9": "pr",
     "openvino": "full",
     "openvino_int8": "full",
+    "kmeans@16": "full",
 }
 
 

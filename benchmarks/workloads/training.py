@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.threads import threads
@@ -16,6 +17,26 @@ from benchmarks.workloads.device import model_device
 # Training runs on a fixed number of threads: float reductions split across threads add up in
 # another order, so a recipe gives the same bytes only on the same thread count (and ISA).
 TRAIN_THREADS = 2
+
+
+# Knowledge distillation (Hinton et al., 2015): the loss mixes the task's with the KL divergence
+# of the student's softened distribution from the teacher's, times T² so that the soft term's
+# gradients keep their size as the temperature T softens it.
+KD_TEMPERATURE = 2.0
+KD_WEIGHT = 0.5  # of the soft term; 0 is the task's loss alone, the plain fine-tune
+
+
+def distillation_loss(task: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor,
+                      weight: float | None = None) -> torch.Tensor:
+    """(1 - w) x the task's loss + w x T² KL(teacher || student) of the logits softened by T
+    (logits (..., classes): every leading position is one sample)."""
+    weight = KD_WEIGHT if weight is None else weight
+    t = KD_TEMPERATURE
+    classes = student.shape[-1]
+    soft = F.kl_div(F.log_softmax(student.reshape(-1, classes).float() / t, dim=-1),
+                    F.log_softmax(teacher.reshape(-1, classes).float() / t, dim=-1),
+                    reduction="batchmean", log_target=True)
+    return (1 - weight) * task + weight * t * t * soft
 
 
 @contextmanager

@@ -1,0 +1,83 @@
+"""Knowledge distillation as a recovery (`+kd`): the fine-tune with the reference's outputs as
+soft targets beside the task's loss."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from benchmarks.workloads import training
+from benchmarks.workloads.classification import classifier
+from compress import Context, Unsupported, get
+
+FAST = settings(max_examples=20, deadline=None, database=None)
+
+
+def small_classifier(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 255, (160, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    labels = (images.float().mean((1, 2, 3)) > 127).long() + 2 * (images[:, 0, 0, 0] > 127)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    return classifier("tiny", model, test=(images[:32], labels[:32]),
+                      train=(images[32:], labels[32:]), prepare=lambda x: x.float() / 255,
+                      batch_size=16, finetune_steps=6)
+
+
+@FAST
+@given(seed=st.integers(0, 2**16), weight=st.floats(0.0, 1.0))
+def test_the_soft_term_vanishes_when_the_student_is_the_teacher(seed, weight):
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(seed))
+    loss = training.distillation_loss(torch.tensor(1.25), logits, logits.clone(), weight=weight)
+    assert loss.item() == pytest.approx((1 - weight) * 1.25, abs=1e-6)
+
+
+def test_the_soft_term_is_hintons():
+    student, teacher = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, 0.0]])
+    t = training.KD_TEMPERATURE
+    p = F.softmax(teacher / t, -1)
+    want = t * t * (p * (p.log() - F.log_softmax(student / t, -1))).sum()
+    got = training.distillation_loss(torch.tensor(0.0), student, teacher, weight=1.0)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_kd_with_no_weight_on_the_soft_targets_is_the_plain_fine_tune(monkeypatch):
+    workload = small_classifier()
+    ctx = Context(calibration=workload.calibration, example_input=workload.example_input,
+                  finetune=workload.finetune, distill=workload.distill)
+    monkeypatch.setattr(training, "KD_WEIGHT", 0.0)
+    ft = get("prune_l1@0.5+ft").apply(workload.model, ctx).model
+    kd = get("prune_l1@0.5+kd").apply(workload.model, ctx).model
+    for (name, a), (_, b) in zip(ft.state_dict().items(), kd.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_kd_moves_the_student_toward_the_teacher_and_keeps_the_zeros():
+    workload = small_classifier()
+    ctx = Context(calibration=workload.calibration, example_input=workload.example_input,
+                  finetune=workload.finetune, distill=workload.distill)
+    pruned = get("prune_l1@0.7").apply(workload.model, ctx).model
+    kd = get("prune_l1@0.7+kd").apply(workload.model, ctx).model
+    x = workload.example_input
+    with torch.no_grad():
+        target = F.log_softmax(workload.model(x), -1)
+
+        def divergence(m: nn.Module) -> float:
+            return F.kl_div(F.log_softmax(m(x), -1), target, log_target=True,
+                            reduction="batchmean").item()
+
+        assert divergence(kd) < divergence(pruned)
+    assert torch.equal(kd[0].weight == 0, pruned[0].weight == 0)
+
+
+def test_kd_where_the_workload_has_no_distillation_is_unsupported():
+    workload = small_classifier()
+    ctx = Context(finetune=workload.finetune)  # a workload with a fine-tune only
+    with pytest.raises(Unsupported, match=r"\+kd needs Context\.distill, which this workload"):
+        get("prune_l1@0.5+kd").apply(copy.deepcopy(workload.model), ctx)
