@@ -3,9 +3,10 @@
 A name is `base` or `base@values` (e.g. `int8_static`, `prune_l1@0.5`, `svd@0.9`; the values
 are the technique's typed parameters, compress/registry.py), optionally followed by more
 stages, each applied to the model the one before made (compress/pipeline.py): a technique
-(`gptq@32+gguf_q4_1`) or a recovery: `+ft` (the caller's fine-tune, keeping what the technique
-declares it keeps: zeros, shared values), `+lora` (a LoRA adapter trained by that fine-tune) or
-`+qlora` (the same beside a frozen quantized model).
+(`gptq@32+gguf_q4_1`) or a recovery: `+ft` (the caller's fine-tune, every zero kept, refused
+after a technique that keeps a quantization grid), `+kd` (the same with the reference's
+outputs as soft targets), `+lora` (a LoRA adapter trained by that fine-tune) or `+qlora` (the
+same beside a frozen quantized model).
 
 Every module of this package is imported here, so a technique registers itself by being
 written in one (`@register`): there is no list to edit.

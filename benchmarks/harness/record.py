@@ -109,12 +109,17 @@ class Record:
                            summary=self.metric.summary,
                            metric_of=metric_of if all(metric_of) else None)
 
+    @property
+    def measured_fidelity(self) -> list[tuple[Metric, torch.Tensor]]:
+        """Each declared fidelity metric this cell measured, with its per-sample values."""
+        return [(m, self.fidelity_per_sample[m.name]) for m in self.fidelity
+                if m.name in self.fidelity_per_sample]
+
     @cached_property
     def fidelity_intervals(self) -> dict[str, Interval]:
         """Each fidelity metric's mean with its bootstrap 95 % interval (samples resampled)."""
         return {m.name: paired_drop(torch.zeros_like(values), values, higher_is_better=False)
-                for m in self.fidelity
-                if (values := self.fidelity_per_sample.get(m.name)) is not None}
+                for m, values in self.measured_fidelity}
 
     @cached_property
     def speedup_interval(self) -> Interval:
@@ -151,16 +156,14 @@ class Record:
         return {"accuracy_drop": self.accuracy_drop, "size_ratio": self.size_ratio,
                 "speedup": self.speedup,
                 **{f"{name}_speedup": t.speedup for name, t in self.probe_timings.items()},
-                **{m.name: float(values.mean()) for m in self.fidelity
-                   if (values := self.fidelity_per_sample.get(m.name)) is not None}}
+                **{m.name: float(values.mean()) for m, values in self.measured_fidelity}}
 
     def declared_gates(self) -> dict[str, tuple[float, bool]]:
         """(tolerance, higher_is_better) of each gate whose metric the workload declares: the
         task metric's drop, and each fidelity metric's value."""
-        gated = self.gated()
         return {"accuracy_drop": (self.metric.tolerance_at(self.compressed_metric), False),
-                **{m.name: (m.tolerance_at(gated[m.name]), m.higher_is_better)
-                   for m in self.fidelity if m.name in gated}}
+                **{m.name: (m.tolerance_at(float(values.mean())), m.higher_is_better)
+                   for m, values in self.measured_fidelity}}
 
     def iqr(self, metric: str) -> tuple[float, float]:
         """The per-round interquartile range of a gated speedup."""

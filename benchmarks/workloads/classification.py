@@ -86,7 +86,7 @@ def classifier(
     notes: dict | None = None,
 ) -> Workload:
     """A Workload for a trained image classifier (a torchvision model, say): top-1 in % on
-    `test`, calibration and the recovery fine-tune (`+ft`: cross-entropy, Adam) from `train`.
+    `test`, calibration and the recovery fine-tune (`+ft`: cross-entropy, AdamW) from `train`.
 
     `test` and `train` are (images, labels) tensors or datasets of (image, label) pairs, as
     torchvision's are with a `transform` that makes tensors; `prepare` turns a batch of their

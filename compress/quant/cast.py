@@ -24,10 +24,10 @@ def real_on(dtype: torch.dtype) -> tuple[str, ...]:
 
 
 def to_dtype(dtype: torch.dtype) -> Callable[[nn.Module, Context], Compressed]:
-    short = NAMES[dtype]
+    short, devices = NAMES[dtype], real_on(dtype)
 
     def cast(model: nn.Module, ctx: Context) -> Compressed:
-        if ctx.device in real_on(dtype):
+        if ctx.device in devices:
             return Compressed(model.to(dtype), "real", input_dtype=dtype)
         why = f"{short} on {ctx.device}: no native {short} math here, torch converts per op"
         return Compressed(model.to(dtype), "simulated", input_dtype=dtype, why_simulated=why)

@@ -89,9 +89,9 @@ class Palettized(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        groups = self.codebook.shape[0]
-        index = unpack(self.index, self.clusters, groups * (self.numel() // groups))
-        return self.codebook.gather(1, index.reshape(groups, -1)).reshape(self.shape)
+        index = unpack(self.index, self.clusters, self.numel())
+        rows = index.reshape(self.codebook.shape[0], -1)  # one row per palette
+        return self.codebook.gather(1, rows).reshape(self.shape)
 
     def numel(self) -> int:
         return math.prod(self.shape)
