@@ -135,6 +135,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         config.stash[_RUN] = run
     if run is not None:
         config.stash[_LINES] = run.finish()
+        # A front is judged here, after the last test (and, sharded, only here in the
+        # controller): no test can fail for it, so the exit status must.
+        session.exitstatus = run.exit_status(session.exitstatus)
 
 
 _LINES = pytest.StashKey[list]()
@@ -154,3 +157,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_line(line)
     for line in config.stash.get(_LINES, []):
         terminalreporter.write_line(line)
+    if run.front_failures:
+        terminalreporter.write_line(
+            f"{len(run.front_failures)} Pareto front point(s) moved inward (above): the run "
+            "exits non-zero for it even if every test passed", red=True, bold=True)

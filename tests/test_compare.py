@@ -29,7 +29,8 @@ def ledger_and_baselines(tmp_path):
 def test_an_unchanged_ledger_passes(ledger_and_baselines, capsys):
     ledger, baselines = ledger_and_baselines
     assert compare.main([str(ledger), "--baselines", str(baselines)]) == 0
-    assert "3 checks, 0 failed" in capsys.readouterr().out
+    # The cell's three gates, and its workload's front of one point.
+    assert "4 checks, 0 failed" in capsys.readouterr().out
 
 
 def test_a_regressed_ledger_fails_and_says_which_cell(ledger_and_baselines, capsys):

@@ -72,11 +72,6 @@ def test_interleaved_latency_sees_a_real_speed_difference():
     assert timing.speedup > 2 and low <= timing.speedup <= high
 
 
-def test_pareto_front():
-    points = [(1.0, 90.0), (4.0, 89.0), (2.0, 88.0), (4.0, 85.0)]
-    assert report.pareto_front(points) == [0, 1]
-
-
 def test_report_files(tmp_path):
     records: list[Record] = [make_record("int8_static"),
                              make_record("prune_l1@0.5", execution="simulated")]

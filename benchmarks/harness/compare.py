@@ -3,11 +3,11 @@
     python -m benchmarks.harness.compare reports/ledger.json [--baselines baselines/]
     python -m benchmarks.harness.compare pr/ledger.json --against main/ledger.json
 
-Prints one line per check that is not a plain pass and exits 1 when any cell regressed (or
-has nothing to compare with), 0 otherwise: the verdicts `nox -s bench` reaches, from the
-ledger the run wrote. Against another ledger, its cells are gated as if they had been
-blessed (the same tolerances `nox -s baselines` writes), so two runs of other CI systems,
-say main and a pull request, can be compared directly.
+Prints one line per check that is not a plain pass and exits 1 when any cell or blessed
+Pareto front regressed (or a cell has nothing to compare with), 0 otherwise: the verdicts
+`nox -s bench` reaches, from the ledger the run wrote. Against another ledger, its cells are
+gated as if they had been blessed (the same tolerances `nox -s baselines` writes), so two
+runs of other CI systems, say main and a pull request, can be compared directly.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from benchmarks.harness.verdict import (
     baseline_entry,
     judge,
     judge_evaluation,
+    judge_front,
     load_baseline,
     stale_note,
 )
@@ -123,6 +124,16 @@ def compare(ledger_path: Path, baselines: Path = BASELINES) -> list[Check]:
         changed = (judge_evaluation(cell.cell, cell.workload, evaluation, found)
                    if evaluation else None)
         checks += [changed] if changed else []
+    # Each workload's blessed front, after its cells, as a bench run judges it (over this
+    # ledger's cells: a point measured in another ledger is reported as not measured).
+    for workload in dict.fromkeys(entry["workload"] for entry in ledger["cells"]):
+        found = load_baseline(workload, hardware, baselines)
+        if found is not None:
+            same_class = found.hardware_class == hardware
+            checks += judge_front(
+                workload, [LedgerCell(e) for e in ledger["cells"] if e["workload"] == workload],
+                found, speed_gated=same_class,
+                speed_note=f"baseline is from {found.hardware_class}, the ledger from {hardware}")
     return checks
 
 

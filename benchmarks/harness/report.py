@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.harness import pareto
+from benchmarks.harness.pareto import (
+    ACCURACY_DROP,
+    CELL_OBJECTIVES,
+    SIZE_RATIO,
+    SPEEDUP,
+    cell_point,
+)
 from benchmarks.harness.record import Record
 from benchmarks.harness.verdict import Check
 from compress.kernels import describe
@@ -97,6 +106,17 @@ def findings(records: list[Record]) -> list[str]:
     return lines
 
 
+def front_notes(checks: list[Check]) -> list[str]:
+    """What the end of a run says of the Pareto fronts: each point that moved (or could not be
+    judged), and in one line the workloads that have no blessed front."""
+    lines = [c.message for c in checks if c.status != "pass" and c.metric != "no_front"]
+    bare = [c.cell.removesuffix("-front") for c in checks if c.metric == "no_front"]
+    if bare:
+        lines.append(f"No blessed Pareto front for {', '.join(bare)}, so no front gate there: "
+                     "bless to store one (`nox -s baselines`)")
+    return lines
+
+
 HEADER = ["workload", "technique", "exec", "kernel", "metric ref -> comp", "drop [95% CI]",
           "size MB", "size ratio", "gzip ratio", "peak MB", "speedup [95% CI]", "verdict", "more"]
 
@@ -138,19 +158,6 @@ def write_ledger(path: Path, records: list[Record], checks: dict[str, list[Check
     path.write_text(json.dumps(ledger, indent=2) + "\n")
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points not dominated when both coordinates are better higher."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(
-            (ox >= x and oy >= y) and (ox > x or oy > y) for j, (ox, oy) in enumerate(points)
-            if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return front
-
-
 def pareto_plot(path: Path, workload: str, records: list[Record]) -> None:
     """Metric vs size ratio and metric vs speedup; Pareto-optimal cells are labelled."""
     import matplotlib
@@ -160,16 +167,21 @@ def pareto_plot(path: Path, workload: str, records: list[Record]) -> None:
 
     metric = records[0].metric
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-    ys = [r.compressed_metric if r.higher_is_better else -r.compressed_metric for r in records]
-    for ax, attr, label in ((axes[0], "size_ratio", "size ratio (x smaller)"),
-                            (axes[1], "speedup", "speedup (x, measured side by side)")):
-        xs = [getattr(r, attr) for r in records]
-        front = set(pareto_front(list(zip(xs, ys, strict=True))))
+    # The front of each panel is the gate's (pareto.py), over the accuracy drop and the panel's
+    # other objective, with a simulated cell's speedup taken as the 1.0 it claims. A broken
+    # measurement (not a number) is on no front: its cell fails for it.
+    points = {r.technique: cell_point({o.name: getattr(r, o.name) for o in CELL_OBJECTIVES},
+                                      simulated=r.execution == "simulated") for r in records}
+    points = {t: p for t, p in points.items() if all(map(math.isfinite, p.values()))}
+    for ax, objective, label in ((axes[0], SIZE_RATIO, "size ratio (x smaller)"),
+                                 (axes[1], SPEEDUP, "speedup (x, measured side by side)")):
+        xs = [getattr(r, objective.name) for r in records]
+        front = set(pareto.front(points, (ACCURACY_DROP, objective)))
         for i, r in enumerate(records):
             marker = "o" if r.execution == "real" else "x"
-            color = "tab:red" if i in front else "tab:gray"
+            color = "tab:red" if r.technique in front else "tab:gray"
             ax.scatter(xs[i], r.compressed_metric, marker=marker, color=color)
-            if i in front:
+            if r.technique in front:
                 ax.annotate(r.technique, (xs[i], r.compressed_metric), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
         ax.axhline(records[0].reference_metric, color="tab:blue", lw=0.8, ls="--",

@@ -7,6 +7,8 @@ import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pytest
+
 import compress
 from benchmarks.harness import report
 from benchmarks.harness.cell import Reference, measure_reference, run_cell
@@ -20,6 +22,7 @@ from benchmarks.harness.verdict import (
     bless,
     judge,
     judge_evaluation,
+    judge_front,
     judge_reference,
     load_baseline,
     reference_entry,
@@ -136,6 +139,44 @@ class BenchRun:
             self.checks[stale.cell] = [stale]
         return checks
 
+    def judge_fronts(self) -> list[Check]:
+        """Each measured workload's blessed Pareto front against this run's cells of it. It
+        needs every cell in, so it runs once, at the end (in the controller of a sharded run,
+        after the workers' shards are merged: a worker sees only its own cells)."""
+        checks = []
+        for workload in dict.fromkeys(r.workload for r in self.records):
+            try:
+                found, speed_gated, note = self.baseline(workload)
+            except BaselineError:
+                continue  # its cells failed with what to fix already
+            if found is None:
+                continue  # its cells failed already: no baseline, bless one
+            cell = f"{workload}-front"
+            evaluation = self.workload_entries.get(workload, {}).get("evaluation")
+            if evaluation and judge_evaluation(cell, workload, evaluation, found):
+                front = [Check(cell, "front", "reported", math.nan,
+                               f"{cell}: not judged: this run evaluated other data than the "
+                               "baseline was blessed on (its cells fail for it)")]
+            else:
+                front = judge_front(workload, [r for r in self.records if r.workload == workload],
+                                    found, speed_gated=speed_gated, speed_note=note)
+            self.checks[cell] = front
+            checks += front
+        return checks
+
+    @property
+    def front_failures(self) -> list[Check]:
+        return [c for cell, checks in self.checks.items() if cell.endswith("-front")
+                for c in checks if c.failed]
+
+    def exit_status(self, status: int) -> int:
+        """pytest's exit status with the fronts' verdicts in: they are reached after the last
+        test, so no test can fail for them, and a run whose front moved inward must not exit
+        0 (CI reads the status). Any other failure keeps its own status."""
+        if status == pytest.ExitCode.OK and self.front_failures:
+            return pytest.ExitCode.TESTS_FAILED
+        return status
+
     def _baseline_unusable(self, cell: str, err: BaselineError) -> list[Check]:
         """A malformed baseline file fails the cell with what to fix: never a pass, never a
         traceback."""
@@ -168,6 +209,8 @@ class BenchRun:
         if self.update_baselines:  # a bless of only cells that skip still records why
             lines += bless(self.records, self.workload_entries, self.hardware_class,
                            self.baselines_root)
+        else:
+            lines += report.front_notes(self.judge_fronts())
         if not self.records:
             return lines
         self.report_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import compress
+from benchmarks.harness import pareto
+from benchmarks.harness.pareto import CELL_OBJECTIVES, SPEEDUP, Objective, cell_point
 from benchmarks.harness.provenance import (
     CPU_CLASSES,
     LIBRARIES,
@@ -194,10 +197,7 @@ def _against(cell: str, metric: str, measured: float, gate: Gate,
     Beyond the tolerance but with the baseline still inside the interval, the change is
     smaller than this cell can resolve (few samples, noisy timing): reported, not failed.
     """
-    direction = "higher" if gate.higher_is_better else "lower"
-    ci = f", 95% CI [{interval.low:.4g}, {interval.high:.4g}]" if interval else ""
-    detail = (f"{cell}: {metric} measured {measured:.4g}{ci}, baseline {gate.value:.4g} "
-              f"± {gate.tolerance:.4g} ({direction} is better)")
+    detail = _detail(cell, metric, measured, gate, interval)
     resolved = interval is None or gate.value not in interval
     if gate.regressed(measured):
         if resolved:
@@ -207,6 +207,14 @@ def _against(cell: str, metric: str, measured: float, gate: Gate,
     if gate.improved(measured) and resolved:
         return Check(cell, metric, "improved", measured, f"improved, re-bless: {detail}", gate)
     return Check(cell, metric, "pass", measured, detail, gate)
+
+
+def _detail(cell: str, metric: str, measured: float, gate: Gate,
+            interval: Interval | None) -> str:
+    direction = "higher" if gate.higher_is_better else "lower"
+    ci = f", 95% CI [{interval.low:.4g}, {interval.high:.4g}]" if interval else ""
+    return (f"{cell}: {metric} measured {measured:.4g}{ci}, baseline {gate.value:.4g} "
+            f"± {gate.tolerance:.4g} ({direction} is better)")
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,11 @@ class BaselineFile:
     @property
     def reference(self) -> dict | None:
         return self.data.get("reference")
+
+    @property
+    def front(self) -> dict | None:
+        """The blessed Pareto front (front_entry), None in a file blessed before fronts."""
+        return self.data.get("front")
 
 
 def baseline_path(hardware_class: str, workload: str, root: Path = BASELINES) -> Path:
@@ -333,6 +346,46 @@ def _baseline_problem(data: dict, workload: str) -> tuple[str, str] | None:
                 problem = _gate_problem(gate, where)
                 if problem:
                     return problem
+    if "front" in data:  # a file blessed before fronts has none, and no front gate
+        return _front_problem(data["front"], cells)
+    return None
+
+
+FRONT_FIELDS = ("objectives", "points", "simulated")
+
+
+def _front_problem(front, cells: dict) -> tuple[str, str] | None:
+    """What is wrong with a file's blessed front, or None. Its points must be the front of its
+    cells' stored values: the numbers are kept once, in the cells, and a value edited by hand
+    must not leave a front that names other cells than the values make it."""
+    if not isinstance(front, dict):
+        return "front", f"is not an object of {', '.join(FRONT_FIELDS)}"
+    for key in FRONT_FIELDS:
+        if key not in front:
+            return f"front.{key}", "is missing"
+    unknown = sorted(set(front) - set(FRONT_FIELDS))
+    if unknown:
+        return f"front.{unknown[0]}", f"is no field of a front ({', '.join(FRONT_FIELDS)})"
+    names = [o.name for o in CELL_OBJECTIVES]
+    objectives = front["objectives"]
+    if (not isinstance(objectives, list) or not objectives
+            or not all(o in names for o in objectives) or len(set(objectives)) < len(objectives)):
+        return "front.objectives", (f"is {json.dumps(objectives)}, not a list of distinct "
+                                    f"objectives among {', '.join(names)}")
+    for key in ("points", "simulated"):
+        techniques = front[key]
+        if not isinstance(techniques, list) or not all(isinstance(t, str) and t in cells
+                                                       for t in techniques):
+            return f"front.{key}", f"is {json.dumps(techniques)}, not a list of this file's cells"
+    for technique, entry in cells.items():
+        missing = [o for o in objectives if o not in entry]
+        if missing:
+            return f"cells.{technique}.{missing[0]}", "is missing, and the front is judged on it"
+    expected = front_entry(cells, set(front["simulated"]), objectives)["points"]
+    if sorted(front["points"]) != sorted(expected):
+        return "front.points", (f"is {json.dumps(front['points'])}, but the front of the cells' "
+                                f"values is {json.dumps(expected)} (a value edited by hand?): "
+                                "write that")
     return None
 
 
@@ -404,6 +457,11 @@ def bless(records: list[Record], workloads: dict[str, dict], hardware_class: str
             if before != new:
                 lines.append(_describe_change(record.cell, before, new))
             cells[record.technique] = new
+        # Over every cell of the file, this bless's and those it kept: a partial bless moves
+        # the front as much as a whole one.
+        front = front_entry(cells, _simulated_cells(recs, old.get("front"), cells,
+                                                    hardware_class))
+        lines += _describe_front(workload, old.get("front"), front)
         data = {
             "schema": SCHEMA,
             "workload": workload,
@@ -412,6 +470,7 @@ def bless(records: list[Record], workloads: dict[str, dict], hardware_class: str
             **({"evaluation": evaluation} if evaluation else {}),
             "provenance": recs[0].provenance,
             "cells": dict(sorted(cells.items())),
+            "front": front,
             **({"skipped": dict(sorted(skipped.items()))} if skipped else {}),
             **({"awaiting_bless": dict(sorted(awaiting.items()))} if awaiting else {}),
         }
@@ -423,6 +482,59 @@ def bless(records: list[Record], workloads: dict[str, dict], hardware_class: str
         lines += _note_awaiting(workload, tried, hardware_class,
                                 recs[0].provenance.get("git_sha"), root)
     return lines
+
+
+def front_entry(cells: dict[str, dict], simulated: set[str],
+                objectives: list[str] | None = None) -> dict:
+    """A baseline file's "front": the cells no other cell beats in every objective, by their
+    stored values (named, not copied: the cells keep the values and their tolerances), and the
+    cells that ran simulated, whose speedup counts as 1.0 (pareto.cell_point). A bless gates
+    all of CELL_OBJECTIVES: it runs on the class it blesses, where speedups are gated."""
+    chosen = [o for o in CELL_OBJECTIVES if objectives is None or o.name in objectives]
+    points = {technique: _blessed_place(entry, technique in simulated, chosen)
+              for technique, entry in sorted(cells.items())}
+    return {"objectives": [o.name for o in chosen], "points": pareto.front(points, chosen),
+            "simulated": sorted(simulated & set(cells))}
+
+
+def _blessed_place(entry: dict, simulated: bool, objectives: list[Objective]) -> dict[str, float]:
+    return cell_point({o.name: entry[o.name]["value"] for o in objectives}, simulated=simulated)
+
+
+def _simulated_cells(records: list[Record], old_front: dict | None, cells: dict,
+                     hardware_class: str) -> set[str]:
+    """The file's cells that ran simulated: as this bless measured them, else as the file's
+    last front said, else (a file blessed before fronts) as the technique's registration says
+    of this class's kind of device (`real_on`)."""
+    measured = {r.technique: r.execution == "simulated" for r in records}
+    said = set((old_front or {}).get("simulated", []))
+    device = hardware_class.partition("-")[0]
+    return {t for t in cells
+            if measured.get(t, t in said if old_front else _declared_simulated(t, device))}
+
+
+def _declared_simulated(technique: str, device: str) -> bool:
+    try:
+        return device not in compress.get(technique).real_on
+    except KeyError:  # a technique no longer registered: its cell fails on its own
+        return False
+
+
+def refresh_front(data: dict) -> None:
+    """Recompute a baseline file's front after its cells changed with no new measurement (a
+    cell dropped, speedups calibrated), so that the file stays readable. A file without a
+    front gets none here: only a bless knows which of its cells run simulated."""
+    if "front" in data:
+        data["front"] = front_entry(data["cells"], set(data["front"]["simulated"]))
+
+
+def _describe_front(workload: str, before: dict | None, after: dict) -> list[str]:
+    """The front's change, for the bless's review: which cells it now names."""
+    old = (before or {}).get("points")
+    if old == after["points"]:
+        return []
+    was = f" (was {', '.join(old)})" if old else " (new)"
+    return [f"{workload}: blessed Pareto front {', '.join(after['points'])}{was}"]
 
 
 def _drop_skipped(workload: str, cells: dict, skipped: dict[str, str]) -> list[str]:
@@ -445,6 +557,7 @@ def _bless_skips(workload: str, skipped: dict[str, str], hardware_class: str,
                 f"starts from a measured one (skipped here: {', '.join(sorted(skipped))})"]
     data = json.loads(path.read_text())
     lines = _drop_skipped(workload, data["cells"], skipped)
+    refresh_front(data)
     awaiting = {t: why for t, why in data.get("awaiting_bless", {}).items() if t not in skipped}
     data = {k: v for k, v in data.items() if k != "awaiting_bless"}
     data["skipped"] = dict(sorted({**data.get("skipped", {}), **skipped}.items()))
@@ -583,6 +696,132 @@ def judge_evaluation(cell: str, workload: str, evaluation: dict,
 def _evaluated(evaluation: dict) -> str:
     return (f"{evaluation.get('definition')} ({evaluation.get('samples')} samples, fingerprint "
             f"{evaluation.get('fingerprint')})")
+
+
+def judge_front(workload: str, records: list[Record], baseline: BaselineFile, *,
+                speed_gated: bool, speed_note: str = "") -> list[Check]:
+    """The workload's blessed Pareto front against this run's cells of it (`records`).
+
+    Each front point measured again must hold its blessed place: worse beyond its cell's
+    tolerance in an objective (and resolved, as in `_against`) and better in none fails;
+    better in some and worse in none is an improvement to re-bless; both at once is a move
+    along the front, reported. A point this run did not measure is not judged, and says so. A
+    cell off the front that now beats a point's blessed place is an improvement too. Every
+    cell must be in first: this is a verdict on the workload, reached after its cells.
+    """
+    cell = f"{workload}-front"
+    blessed = baseline.front
+    if blessed is None:
+        return [Check(cell, "no_front", "reported", math.nan,
+                      f"{workload}: no blessed front in {baseline.path}, so no front gate: "
+                      f"bless to store one (`nox -s baselines -- -k {workload}`)")]
+    objectives = [o for o in CELL_OBJECTIVES if o.name in blessed["objectives"]
+                  and (speed_gated or o != SPEEDUP)]
+    judged_on = ", ".join(o.name for o in objectives)
+    if not speed_gated and SPEEDUP.name in blessed["objectives"]:
+        judged_on += f"; speedup not gated: {speed_note}"
+    simulated = set(blessed["simulated"])
+    places = {point: _front_gates(baseline.cell(point), point in simulated, objectives)
+              for point in blessed["points"]}
+    measured = {r.technique: r for r in records}
+    checks = [_front_point(cell, point, measured[point], places[point], judged_on)
+              for point in places if point in measured]
+    unmeasured = [point for point in places if point not in measured]
+    if unmeasured:
+        checks.append(Check(cell, "front_unmeasured", "reported", math.nan,
+                            f"{cell}: front point{'s' * (len(unmeasured) > 1)} "
+                            f"{', '.join(unmeasured)} not measured in this run (not in this "
+                            "tier/selection): not judged"))
+    for record in records:
+        if record.technique not in places:
+            own = baseline.cell(record.technique)
+            before = (_front_gates(own, record.technique in simulated, objectives)
+                      if own and all(o.name in own for o in objectives) else None)
+            checks += _beats_front(cell, record, before, places)
+    return checks
+
+
+def _front_gates(entry: dict, simulated: bool, objectives: list[Objective]) -> dict[str, Gate]:
+    """A cell's blessed place on the front, objective by objective, with its tolerances."""
+    place = _blessed_place(entry, simulated, objectives)
+    return {o.name: Gate(place[o.name], entry[o.name]["tolerance"], o.higher_is_better)
+            for o in objectives}
+
+
+def _front_moves(record: Record, place: dict[str, Gate]
+                 ) -> tuple[dict[str, str], dict[str, str]] | None:
+    """How `record` stands against a blessed place: ({objective: detail} where it is worse
+    beyond the tolerance, {...} where it is better), or None when a value is not a number."""
+    simulated = record.execution == "simulated"
+    gated = record.gated()
+    values = cell_point({name: gated[name] for name in place}, simulated=simulated)
+    if not all(math.isfinite(v) for v in values.values()):
+        return None
+    intervals = {"accuracy_drop": record.drop_interval,
+                 "speedup": None if simulated else record.speedup_intervals.get("speedup")}
+    worse, better = {}, {}
+    for name, gate in place.items():
+        interval = intervals.get(name)
+        status = _against(record.cell, name, values[name], gate, interval).status
+        detail = _detail(record.cell, name, values[name], gate, interval)
+        if status == "fail":
+            worse[name] = detail
+        elif status == "improved":
+            better[name] = detail
+    return worse, better
+
+
+def _front_point(cell: str, point: str, record: Record, place: dict[str, Gate],
+                 judged_on: str) -> Check:
+    moves = _front_moves(record, place)
+    if moves is None:
+        return Check(cell, "front", "reported", math.nan,
+                     f"{cell}: front point {point} has a measurement that is not a number: not "
+                     "judged (its cell fails for it)")
+    worse, better = moves
+    rebless = f"re-bless with `nox -s baselines -- -k {record.cell}`"
+    if worse and not better:
+        return Check(cell, "front", "fail", math.nan,
+                     f"FRONT MOVED INWARD {cell}: front point {point} fell behind its blessed "
+                     f"place in {', '.join(worse)} and gained in nothing: "
+                     f"{'; '.join(worse.values())}. Fix the regression, or if it is meant, "
+                     f"{rebless} and review the diff")
+    if worse:
+        return Check(cell, "front", "reported", math.nan,
+                     f"{cell}: front point {point} moved along the front, not inward: worse in "
+                     f"{'; '.join(worse.values())}; better in {'; '.join(better.values())}. "
+                     f"Its cell's own gates judge each metric; if the trade is meant, {rebless}")
+    if better:
+        return Check(cell, "front", "improved", math.nan,
+                     f"front pushed outward: {cell}: front point {point} improved: "
+                     f"{'; '.join(better.values())}; {rebless}")
+    return Check(cell, "front", "pass", math.nan,
+                 f"{cell}: front point {point} holds its blessed place ({judged_on})")
+
+
+def _beats_front(cell: str, record: Record, before: dict[str, Gate] | None,
+                 places: dict[str, dict[str, Gate]]) -> list[Check]:
+    """A cell off the blessed front that now beats a front point's blessed place: better in an
+    objective beyond its tolerance, worse in none. Not when it did so when blessed too (then
+    it was only beaten in an objective not judged here, the speedup of another class)."""
+    checks = []
+    for point, place in places.items():
+        moves = _front_moves(record, place)
+        if moves is None or moves[0] or not moves[1]:
+            continue
+        if before is not None and _beats({n: g.value for n, g in before.items()}, place):
+            continue
+        checks.append(Check(cell, "front", "improved", math.nan,
+                            f"front pushed outward: {cell}: {record.technique} now beats front "
+                            f"point {point}'s blessed place, worse in nothing: "
+                            f"{'; '.join(moves[1].values())}; re-bless with "
+                            f"`nox -s baselines -- -k {record.cell}`"))
+    return checks
+
+
+def _beats(values: dict[str, float], place: dict[str, Gate]) -> bool:
+    return (not any(gate.regressed(values[name]) for name, gate in place.items())
+            and any(gate.improved(values[name]) for name, gate in place.items()))
 
 
 REFERENCE_TOLERANCE = 1.0  # task-metric units: a retrained reference may move this much
