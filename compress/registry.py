@@ -15,8 +15,9 @@ the manner of torchao's configs), and registers the factory that makes its trans
     def prune_l1(config: Sparsity) -> Transform: ...
 
 A technique without parameters registers its transform itself. The name is the parameters'
-serialized form, which baselines and pytest ids use: `base@value` for the first field, then
-`key=value` for any other (`kmeans@16,per=channel`); a field with a default may be left out.
+serialized form, which baselines and pytest ids use: `base@value` for a required field, then
+`key=value` for one with a default, left out when it is the default (`kmeans@16,per=channel`,
+`int8_static@float=2`).
 """
 
 from __future__ import annotations
@@ -83,21 +84,25 @@ class Registration:
             raise KeyError(f"technique {spec!r} in {name!r}: {err}") from None
 
     def canonical(self, config: Any) -> str:
-        """The one spelling of a config: `prune_l1@0.5` for `prune_l1@.50`, defaults left out."""
+        """The one spelling of a config: `prune_l1@0.5` for `prune_l1@.50`. A required field is
+        written as its value, one with a default as `key=value` and only when it is not the
+        default (`kmeans@16,per=channel`, `int8_static@float=2`, `int8_static`)."""
         if config is None:
             return self.name
-        first, *rest = dataclasses.fields(config)
-        return f"{self.name}@{getattr(config, first.name)}" + "".join(
-            f",{f.name}={getattr(config, f.name)}" for f in rest
-            if getattr(config, f.name) != f.default)
+        parts = [str(value) if f.default is dataclasses.MISSING else f"{f.name}={value}"
+                 for f in dataclasses.fields(config)
+                 if (value := getattr(config, f.name)) != f.default]
+        return f"{self.name}@{','.join(parts)}" if parts else self.name
 
     def form(self) -> str:
-        """How to write its name: `gptq@<group>`, `kmeans@<clusters>[,per=<tensor|channel>]`."""
+        """How to write its name: `gptq@<group>`, `kmeans@<clusters>[,per=<tensor>]`,
+        `int8_static[@float=<0>]`."""
         if not self.config:
             return self.name
-        first, *rest = dataclasses.fields(self.config)
-        return f"{self.name}@<{first.name}>" + "".join(f"[,{f.name}=<{f.default}>]"
-                                                       for f in rest)
+        parts = [f"<{f.name}>" if f.default is dataclasses.MISSING else f"[{f.name}=<{f.default}>]"
+                 for f in dataclasses.fields(self.config)]
+        text = parts[0] + "".join(p if p.startswith("<") else f"[,{p[1:]}" for p in parts[1:])
+        return f"{self.name}@{text}" if parts[0].startswith("<") else f"{self.name}[@{text[1:]}"
 
 
 REGISTRY: dict[str, Registration] = {}

@@ -132,7 +132,7 @@ def test_missing_param_raises_key_error(base):
     assert f"{base}@<{param}>" in msg
 
 
-@pytest.mark.parametrize("base", ["int8_dynamic", "int8_static", "fp16", "bf16"])
+@pytest.mark.parametrize("base", ["int8_dynamic", "fp16", "bf16"])
 def test_extra_param_raises_key_error(base):
     with pytest.raises(KeyError) as excinfo:
         get(f"{base}@0.5")
@@ -306,10 +306,19 @@ def test_a_bad_parameter_is_named_with_the_form_to_write(palette, name, error):
     ("palette@16,per=tensor", "palette@16"),
     ("palette@16,scale=2,per=channel", "palette@16,per=channel,scale=2.0"),
     ("int8_static", "int8_static"),
+    # A parameter with a default is written by key, even when it is the only one.
+    ("int8_static@float=0", "int8_static"),
+    ("int8_static@2", "int8_static@float=2"),
+    ("prune_channels@0.5+ft+int8_static@float=3", "prune_channels@0.5+ft+int8_static@float=3"),
 ])
 def test_canonical_is_the_one_spelling_of_a_name(palette, name, one):
     assert compress.canonical(name) == one
     assert get(one).config == get(name).config
+
+
+def test_a_technique_whose_parameters_all_have_defaults_is_written_bare_or_by_key():
+    assert REGISTRY["int8_static"].form() == "int8_static[@float=<0>]"
+    assert REGISTRY["kmeans"].form() == "kmeans@<clusters>[,per=<tensor>]"
 
 
 def test_a_registration_is_checked_when_its_module_is_imported(palette):

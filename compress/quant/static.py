@@ -6,6 +6,9 @@ torch.ao is gone and shows which is faster on each CPU."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.ao.quantization import get_default_qconfig_mapping
@@ -13,12 +16,34 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from compress.base import Compressed, Context, Unsupported
+from compress.quant.sensitivity import most_sensitive
 from compress.registry import register
 
 
-@register("int8_static", family="quantization", real_on=("cpu",), keeps={"grid"},
-          kernel=r"^quantized::")  # torch's quantized engine
-def int8_static(model: nn.Module, ctx: Context) -> Compressed:
+@dataclass(frozen=True)
+class Mixed:
+    """How many of the layers most sensitive to int8 stay in float (quant/sensitivity.py)."""
+
+    float: int = 0
+
+    def __post_init__(self):
+        if self.float < 0:
+            raise ValueError(f"float must be a count of layers, 0 or more, got {self.float}")
+
+
+@register("int8_static", Mixed, family="quantization", real_on=("cpu",), keeps={"grid"},
+          kernel=r"^quantized::", example="float=2")  # torch's quantized engine
+def int8_static(config: Mixed) -> Callable[[nn.Module, Context], Compressed]:
+    def transform(model: nn.Module, ctx: Context) -> Compressed:
+        return _int8_static(model, ctx, config.float)
+
+    transform.__doc__ = _int8_static.__doc__ + (
+        f" The {config.float} layers most sensitive to int8 stay in float." if config.float
+        else "")
+    return transform
+
+
+def _int8_static(model: nn.Module, ctx: Context, keep_float: int) -> Compressed:
     """FX graph-mode static int8 with the x86 backend (per-channel weights, fused conv+relu).
 
     Why FX and not PT2E: on torch 2.14, PT2E lives in torchao and is only fast under
@@ -32,9 +57,11 @@ def int8_static(model: nn.Module, ctx: Context) -> Compressed:
     if not batches:
         raise Unsupported("int8_static needs calibration batches in Context.calibration")
     torch.backends.quantized.engine = "x86"
+    mapping = get_default_qconfig_mapping("x86")
+    for name in most_sensitive(model, batches, keep_float):
+        mapping.set_module_name(name, None)
     try:
-        prepared = prepare_fx(model, get_default_qconfig_mapping("x86"),
-                              example_inputs=(batches[0],))
+        prepared = prepare_fx(model, mapping, example_inputs=(batches[0],))
     except torch.fx.proxy.TraceError as err:  # data-dependent control flow in forward()
         raise Unsupported(f"int8_static: FX graph mode cannot trace this model's forward "
                           f"({str(err).splitlines()[0]})") from err
