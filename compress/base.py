@@ -39,6 +39,11 @@ class Context:
     # The same fine-tune with the reference model's outputs as soft targets beside the task's
     # loss (knowledge distillation): `+kd` uses it.
     distill: Callable[[nn.Module], None] | None = None
+    # The workload's declared student architecture at a width multiplier (untrained), and the
+    # training that teaches a fresh one from scratch with the reference's outputs as soft
+    # targets, as long as the reference was trained: `student@w` uses them.
+    student: Callable[[float], nn.Module] | None = None
+    teach: Callable[[nn.Module], None] | None = None
     # The workload's metric of a model (given its input dtype): a recovery pipeline reports
     # the metric before recovering, beside the one after.
     evaluate: Callable[[nn.Module, torch.dtype], float] | None = None

@@ -66,6 +66,8 @@ def run_cell(workload: Workload, reference: Reference, technique_name: str, *, d
         example_input=workload.example_input.to(device),
         finetune=workload.finetune,
         distill=workload.distill,
+        student=workload.student,
+        teach=workload.teach,
         evaluate=lambda candidate, dtype: workload.evaluate(candidate, dtype).value,
         source_file=workload.source_file,
     )

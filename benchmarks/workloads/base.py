@@ -165,6 +165,10 @@ class Workload:
     # The fine-tune with the reference's outputs as soft targets beside the task's loss
     # (training.distillation_loss), for `+kd`; None where the workload has none.
     distill: Callable[[nn.Module], None] | None = None
+    # A smaller architecture of the same kind at a width multiplier, untrained, and the
+    # training of one from scratch by distillation from the reference, for `student@w`.
+    student: Callable[[float], nn.Module] | None = None
+    teach: Callable[[nn.Module], None] | None = None
     # Gated beside `metric`: how far a model's predictions moved from the reference's, each the
     # mean of its per-sample values in Score.fidelity (a language model: KLD).
     fidelity: tuple[Metric, ...] = ()

@@ -42,12 +42,16 @@ def image_classifier(
     build: Callable[[], nn.Module],
     prepare: Callable[[torch.Tensor], torch.Tensor],
     start: Callable[[], nn.Module] | None = None,
+    student: Callable[[float], nn.Module] | None = None,
+    student_epochs: int | None = None,
 ) -> Workload:
     """A classifier built by `build` and trained (or fine-tuned) here on Fashion-MNIST per
     `recipe`, then benchmarked as `classifier` does.
 
     `prepare` turns uint8 (N, 28, 28) images into the model's input batch; `start` builds the
     model training starts from (pretrained weights, say), only when there is no cached one.
+    `student(width)` builds the architecture `student@w` distils into, trained from scratch
+    for `student_epochs` (the recipe's epochs unless given) at the recipe's learning rate.
     """
     data = fashion_mnist.load()
     batch_loss = _loss(prepare, data.train_images, data.train_labels)
@@ -64,6 +68,8 @@ def image_classifier(
                       train=(data.train_images, data.train_labels), prepare=prepare,
                       batch_size=recipe.batch_size, finetune_lr=recipe.finetune_lr,
                       finetune_steps=recipe.finetune_steps, seed=recipe.seed,
+                      student=student, student_epochs=student_epochs or recipe.epochs,
+                      student_lr=recipe.lr,
                       definition="Fashion-MNIST t10k: all 10,000 test images and labels",
                       notes={"checkpoint": str(path), "recipe": recipe.__dict__})
 
@@ -82,6 +88,9 @@ def classifier(
     finetune_lr: float = 5e-4,
     finetune_steps: int = 200,
     seed: int = 0,
+    student: Callable[[float], nn.Module] | None = None,
+    student_epochs: int = 1,
+    student_lr: float = 3e-3,
     definition: str = "",
     notes: dict | None = None,
 ) -> Workload:
@@ -92,7 +101,9 @@ def classifier(
     torchvision's are with a `transform` that makes tensors; `prepare` turns a batch of their
     images into the model's input (normalization, say). The test set is fingerprinted in the
     baselines: hand it over as stored (uint8 images where they are), so another machine's
-    float preprocessing cannot change the fingerprint.
+    float preprocessing cannot change the fingerprint. `student(width)` builds a narrower model
+    of the same kind, untrained, for `student@w`: trained from scratch with the reference as
+    teacher for `student_epochs` at `student_lr` (AdamW, one cycle).
     """
     test_images, test_labels = _tensors(test, "test")
     train_images, train_labels = _tensors(train, "train")
@@ -114,6 +125,11 @@ def classifier(
             candidate, batch_loss, len(train_labels), epochs=1, batch_size=batch_size,
             lr=finetune_lr, seed=seed + 1, max_steps=finetune_steps, desc=f"{what} {name}")
 
+    def teach(candidate: nn.Module) -> None:
+        training.train(candidate, _loss(prepare, train_images, train_labels, model),
+                       len(train_labels), epochs=student_epochs, batch_size=batch_size,
+                       lr=student_lr, seed=seed + 2, desc=f"distill {name} into a student")
+
     # Calibration comes from the training split, never the test split it is scored on.
     calib_idx = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(7))
     calibration = [prepare(train_images[i])
@@ -128,6 +144,8 @@ def classifier(
         example_input=prepare(test_images[:TIMING_BATCH]),
         finetune=recovery(None, "fine-tune"),
         distill=recovery(model, "distill into"),
+        student=student,
+        teach=teach if student else None,
         checkpoint_sha256=state_sha256(model.state_dict()),
         evaluation=evaluation(definition or f"{len(test_labels)} test images and labels",
                               len(test_labels), test_images, test_labels),

@@ -1,0 +1,2 @@
+"""Distillation into a smaller architecture: a student trained from the reference (student.py).
+Distillation as a recovery after another technique is `+kd` (compress/recover.py)."""
