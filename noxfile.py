@@ -1,5 +1,5 @@
-"""Sessions: tests, bench, baselines, calibrate, lock, lint. `nox -s bench -- --tier full`
-passes options on to pytest."""
+"""Sessions: tests, bench, baselines, optimize, calibrate, lock, lint. `nox -s bench -- --tier
+full` passes options on to pytest."""
 
 from __future__ import annotations
 
@@ -116,6 +116,18 @@ def baselines(session: nox.Session) -> None:
     """Re-measure every cell (full tier) and rewrite baselines/ for this hardware class."""
     _pytest(session, "benchmarks", "-p", "no:cacheprovider", "-q", "--tier", "full",
             "--update-baselines", "--benchmark-disable")
+
+
+@nox.session(venv_backend="none")
+def optimize(session: nox.Session) -> None:
+    """The best recipe of a workload within a budget: `nox -s optimize -- fmnist-cnn
+    --max-drop 1.0 [--min-speedup 2] [--max-size 2MB] [--minutes 10]`; writes
+    reports/optimize/<workload>/ (front, best recipe, plot). Exits 1 when no recipe meets it."""
+    if not session.posargs:
+        session.error("name a workload and a budget: nox -s optimize -- fmnist-cnn --max-drop 1.0"
+                      " (`nox -s optimize -- --help` lists the options)")
+    session.run(str(stack(session)), "-m", "benchmarks.search", *session.posargs,
+                external=True, env={"PYTHONHASHSEED": "0"})
 
 
 @nox.session(venv_backend="none")
