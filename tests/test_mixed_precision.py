@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from compress import Context, get
+from compress import Context, Unsupported, get
 from compress.quant.sensitivity import (
     fake_int8_weight,
     fake_uint8,
@@ -111,3 +111,8 @@ def test_keeping_the_worst_layer_in_float_brings_the_outputs_back():
             model, Context(calibration=calibration)).model(x) - want).abs().max().item()
             for keep in (0, 1)}
     assert error[1] < error[0] / 3
+
+
+def test_keeping_every_layer_in_float_is_refused_as_no_quantization():
+    with pytest.raises(Unsupported, match=r"float=3: the model has 3 layers int8 could quantize"):
+        get("int8_static@float=3").apply(mlp(), Context(calibration=batches()))

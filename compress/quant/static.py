@@ -16,7 +16,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from compress.base import Compressed, Context, Unsupported
-from compress.quant.sensitivity import most_sensitive
+from compress.quant.sensitivity import QUANTIZED_LAYERS, most_sensitive
 from compress.registry import register
 
 
@@ -58,6 +58,10 @@ def _int8_static(model: nn.Module, ctx: Context, keep_float: int) -> Compressed:
         raise Unsupported("int8_static needs calibration batches in Context.calibration")
     torch.backends.quantized.engine = "x86"
     mapping = get_default_qconfig_mapping("x86")
+    layers = sum(isinstance(m, QUANTIZED_LAYERS) for m in model.modules())
+    if keep_float >= layers:
+        raise Unsupported(f"int8_static@float={keep_float}: the model has {layers} layers int8 "
+                          "could quantize; keeping them all in float leaves nothing in int8")
     for name in most_sensitive(model, batches, keep_float):
         mapping.set_module_name(name, None)
     try:
