@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import types
 
 import optuna
@@ -153,3 +154,18 @@ def test_a_whole_search_writes_its_front_and_best_recipe_even_when_none_meets(tm
         assert not any(dominates(other, point, objectives) for other in measured)
     assert all(math.isfinite(t["size_ratio"]) for t in measured)
     assert torch.equal(workload.model[0].weight, small_classifier().model[0].weight)
+
+
+def test_a_space_of_one_recipe_stops_once_exhausted_not_on_the_clock(tmp_path, monkeypatch):
+    workload = small_classifier()
+    module = types.ModuleType("tiny_workload")
+    module.NAME, module.FAMILY, module.load = "tiny", "classification", lambda: workload
+    module.CELLS = {"int8_dynamic": "pr"}
+    monkeypatch.setattr("benchmarks.search.optimize.WORKLOADS", {"tiny": module})
+    search = Search("tiny", Budget(max_drop=100.0, minutes=10, patience=1000),
+                    only=("int8_dynamic",), log=lambda _: None)
+    start = time.monotonic()
+    search.run(tmp_path)
+    assert [o.recipe for o in search.outcomes] == ["int8_dynamic"]
+    assert time.monotonic() - start < 120
+    assert search.best() == (search.outcomes[0], True)

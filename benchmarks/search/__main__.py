@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from benchmarks import workloads
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write (default reports/optimize/<workload>)")
     args = parser.parse_args(argv)
+    # What the bench's pytest configuration silences (pyproject.toml): torch.ao's deprecation
+    # notices, once per quantized layer, would bury the trials' lines.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*(reduce_range|quantize_per_tensor).*")
     try:
         workloads.use([args.workload])
     except ValueError as err:

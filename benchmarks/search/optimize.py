@@ -68,6 +68,10 @@ class Outcome:
         return not self.error
 
 
+# The sampler proposed only recipes measured already this many times in a row: a small space
+# is exhausted (a repeat costs nothing, so it does not count against the patience).
+EXHAUSTED = 50
+
 # How the best recipe within the budget is chosen among those that meet it.
 PREFER: dict[str, Callable[[Outcome], float]] = {
     "size": lambda o: o.size_ratio,
@@ -153,16 +157,16 @@ class Search:
                 study.enqueue_trial(params)
         deadline = time.monotonic() + 60 * self.budget.minutes
         tried: dict[str, Outcome] = {}
-        stale = 0
+        stale = repeats = 0
 
         def objective(trial) -> tuple[float, ...]:
-            nonlocal stale
+            nonlocal stale, repeats
             recipe = space.suggest(trial)
             if recipe in tried:  # the same recipe again: its measurement stands
                 outcome = tried[recipe]
-                if not outcome.measured:
-                    raise optuna.TrialPruned(outcome.error)
+                repeats += 1
             else:
+                repeats = 0
                 outcome = self._measure(trial.number, recipe, workload, reference)
                 tried[recipe] = outcome
                 before, _ = self.best()
@@ -170,7 +174,8 @@ class Search:
                 stale = 0 if self.best()[0] is not before else stale + 1
                 self._report(outcome)
                 self.write(out_dir, workload.metric.name, reference.score.value, space)
-            if stale >= self.budget.patience or time.monotonic() > deadline:
+            if (stale >= self.budget.patience or repeats >= EXHAUSTED
+                    or time.monotonic() > deadline):
                 study.stop()
             if not outcome.measured:
                 raise optuna.TrialPruned(outcome.error)
@@ -244,8 +249,10 @@ class Search:
     def summary(self, metric: str) -> None:
         best, meets = self.best()
         front = self.front()
-        self.log(f"{len(self.outcomes)} recipes measured; Pareto front "
-                 f"({metric} drop, size ratio, {self.speed}):")
+        failed = sum(not o.measured for o in self.outcomes)
+        self.log(f"{len(self.outcomes) - failed} recipes measured"
+                 + (f" ({failed} could not run: trials.json says why)" if failed else "")
+                 + f"; Pareto front ({metric} drop, size ratio, {self.speed}):")
         for o in front:
             self.log(f"  {o.recipe:<44} drop {o.accuracy_drop:+8.3g}  {o.size_ratio:6.2f}x  "
                      f"{o.speedup:6.2f}x")
@@ -271,6 +278,7 @@ def plot_front(path: Path, search: Search, front: list[Outcome], best: Outcome |
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     measured = [o for o in search.outcomes if o.measured]
     on_front = {o.number for o in front}
@@ -290,6 +298,8 @@ def plot_front(path: Path, search: Search, front: list[Outcome], best: Outcome |
         ax.axhline(search.budget.max_drop, color="tab:blue", ls="--", lw=0.8,
                    label="budget: max drop")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel(f"{metric} drop (lower is better)")
         ax.legend(loc="upper left", fontsize=8)
