@@ -31,6 +31,19 @@ def test_q8_0_holds_8_bit_weights_and_stays_close_to_the_model(small_llama):
     assert runtime.operators(x) == runtime.types  # the proof the harness records
 
 
+def test_a_model_with_pruned_mlps_is_written_with_their_width_and_runs(small_llama):
+    """prune_mlp narrows every MLP and says so in the config, from which the GGUF's
+    feed_forward_length comes: llama.cpp refused the file while it said the old width."""
+    pruned = get("prune_mlp@0.5").apply(small_llama).model
+    width = pruned.model.layers[0].mlp.down_proj.in_features
+    assert pruned.config.intermediate_size == width < small_llama.config.intermediate_size
+    runtime = get("gguf_q8_0").apply(pruned, context()).model
+    x = context().example_input
+    with torch.no_grad():
+        want = pruned(x, use_cache=False).logits
+    assert relative_difference(runtime(x).logits, want) < 0.05
+
+
 def bits_per_weight(runtime, ggml_type: str) -> float:
     tensors = [t for t in runtime.stored if t.dtype == ggml_type]
     return 8 * sum(t.nbytes for t in tensors) / sum(t.params for t in tensors)

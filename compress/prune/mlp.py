@@ -71,6 +71,11 @@ def prune_mlp(config: Sparsity) -> Callable[[nn.Module, Context], Compressed]:
             for (p, n), layer in zip(wides, layers, strict=True):
                 setattr(p, n, _sliced(layer, keep, 0))
             setattr(parent, name, _sliced(narrow, keep, 1))
+        # The config describes the shape: saved and loaded again, or written to GGUF (whose
+        # feed_forward_length comes from it), the model must say its MLPs are narrower now.
+        config = getattr(model, "config", None)
+        if hasattr(config, "intermediate_size"):
+            config.intermediate_size = getattr(*blocks[0][1]).in_features
         return Compressed(model, "real")
 
     transform.__doc__ = (f"Remove {sparsity:.0%} of each transformer MLP's hidden channels (the "
