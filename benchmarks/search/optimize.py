@@ -301,6 +301,9 @@ def plot_front(path: Path, search: Search, front: list[Outcome], best: Outcome |
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(label)
+        # Linear within a unit of the reference, logarithmic beyond: the budget's neighbourhood
+        # stays readable beside recipes that collapsed.
+        ax.set_yscale("symlog", linthresh=1.0)
         ax.set_ylabel(f"{metric} drop (lower is better)")
         ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(f"{search.workload}: {len(measured)} recipes; red = Pareto front, "
