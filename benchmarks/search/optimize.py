@@ -35,7 +35,7 @@ class Budget:
     min_speedup: float = 0.0
     max_size_bytes: float = math.inf
     minutes: float = 10.0
-    patience: int = 12  # trials without a better best recipe before the search stops
+    patience: int = 12  # recipes measured without a better best one before the search stops
     max_trials: int | None = None
 
     def shortfall(self, outcome: Outcome) -> float:
