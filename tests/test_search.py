@@ -169,3 +169,19 @@ def test_a_space_of_one_recipe_stops_once_exhausted_not_on_the_clock(tmp_path, m
     assert [o.recipe for o in search.outcomes] == ["int8_dynamic"]
     assert time.monotonic() - start < 120
     assert search.best() == (search.outcomes[0], True)
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--max-drop", "abc"], "--max-drop 'abc': a number (1.0) or a percentage (12%)"),
+    (["--max-drop", "1", "--only", "int8_statik"], "--only int8_statik: no such technique"),
+    (["--max-drop", "1", "--max-size", "big"], "'big' is not a size"),
+])
+def test_the_command_refuses_a_bad_budget_before_loading_anything(args, error, monkeypatch,
+                                                                   capsys):
+    from benchmarks.search.__main__ import main
+
+    monkeypatch.setattr(workloads, "WORKLOADS", dict(workloads.WORKLOADS))
+    with pytest.raises(SystemExit) as exit_:
+        main(["fmnist-cnn", *args])
+    assert exit_.value.code == 2
+    assert error in capsys.readouterr().err

@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import compress
 from benchmarks import workloads
 from benchmarks.search.optimize import PREFER, Budget, Search
 
@@ -64,10 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         max_drop = float(args.max_drop.strip().rstrip("%"))
     except ValueError:
         parser.error(f"--max-drop {args.max_drop!r}: a number (1.0) or a percentage (12%)")
+    only = tuple(filter(None, args.only.split(",")))
+    unknown = sorted(set(only) - set(compress.names()))
+    if unknown:  # before the workload loads
+        parser.error(f"--only {', '.join(unknown)}: no such technique; known: "
+                     f"{', '.join(compress.names())}")
     search = Search(name, Budget(max_drop, args.min_speedup, args.max_size, args.minutes,
                                  args.patience, args.trials),
                     speed=args.speed, prefer=args.prefer, seed=args.seed,
-                    only=tuple(filter(None, args.only.split(","))), relative_drop=relative)
+                    only=only, relative_drop=relative)
     path = search.run(args.out or ROOT / "reports" / "optimize" / name)
     print(f"written: {path.parent}/ (best.json, front.json, trials.json, front.png)")
     best, meets = search.best()

@@ -133,8 +133,11 @@ class Search:
             self.relative_drop = False
         recoveries = tuple(r for r, needs in (("ft", workload.finetune), ("kd", workload.distill))
                            if needs is not None)
-        space = Space.of(module.CELLS, device=self.device, recoveries=recoveries,
-                         student=workload.student is not None, only=self.only)
+        try:
+            space = Space.of(module.CELLS, device=self.device, recoveries=recoveries,
+                             student=workload.student is not None, only=self.only)
+        except ValueError as err:  # nothing left to search: a usage error, said plainly
+            raise SystemExit(f"optimize {self.workload}: {err}") from None
         self.log(f"{self.workload}: reference {workload.metric.name} "
                  f"{reference.score.value:.4g}; searching {space.describe()}")
         self.log(f"budget: drop <= {self.budget.max_drop:.4g} {workload.metric.name}"
