@@ -96,13 +96,16 @@ class Registration:
 
     def form(self) -> str:
         """How to write its name: `gptq@<group>`, `kmeans@<clusters>[,per=<tensor>]`,
-        `int8_static[@float=<0>]`."""
+        `int8_static[@float=<0>]` (a dataclass lists its required fields first)."""
         if not self.config:
             return self.name
-        parts = [f"<{f.name}>" if f.default is dataclasses.MISSING else f"[{f.name}=<{f.default}>]"
-                 for f in dataclasses.fields(self.config)]
-        text = parts[0] + "".join(p if p.startswith("<") else f"[,{p[1:]}" for p in parts[1:])
-        return f"{self.name}@{text}" if parts[0].startswith("<") else f"{self.name}[@{text[1:]}"
+        fields = dataclasses.fields(self.config)
+        required = [f"<{f.name}>" for f in fields if f.default is dataclasses.MISSING]
+        optional = [f"{f.name}=<{f.default}>" for f in fields
+                    if f.default is not dataclasses.MISSING]
+        if required:
+            return f"{self.name}@{','.join(required)}" + "".join(f"[,{o}]" for o in optional)
+        return f"{self.name}[@{optional[0]}]" + "".join(f"[,{o}]" for o in optional[1:])
 
 
 REGISTRY: dict[str, Registration] = {}
