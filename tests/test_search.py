@@ -50,6 +50,25 @@ def test_only_keeps_the_named_techniques_and_refuses_unknown_ones():
         Space.of({"prune_l1@0.5": "pr"})
 
 
+@settings(max_examples=20, deadline=None, database=None)
+@given(seed=st.integers(0, 2**16))
+def test_a_space_of_structures_only_never_suggests_the_reference(seed):
+    space = Space.of({"prune_channels@0.5": "pr", "svd@0.9": "full"})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    recipe = space.suggest(study.ask())
+    assert recipe.partition("@")[0] in {"prune_channels", "svd"}
+
+
+def test_a_speed_the_workload_does_not_measure_is_refused_before_any_trial(tmp_path,
+                                                                           monkeypatch):
+    tiny_workload(monkeypatch, {"int8_dynamic": "pr"})
+    search = Search("tiny", Budget(max_drop=1.0), speed="decode_speedup", log=lambda _: None)
+    with pytest.raises(SystemExit, match="--speed decode_speedup: the tiny cells measure "
+                                         "speedup"):
+        search.run(tmp_path)
+    assert search.outcomes == []
+
+
 @settings(max_examples=30, deadline=None, database=None)
 @given(seed=st.integers(0, 2**16))
 def test_every_recipe_the_space_suggests_is_a_canonical_technique_name(seed):
@@ -126,14 +145,20 @@ def test_sizes_are_read_with_their_unit(text, want):
     assert size_bytes(text) == want
 
 
-def test_a_whole_search_writes_its_front_and_best_recipe_even_when_none_meets(tmp_path,
-                                                                              monkeypatch):
+def tiny_workload(monkeypatch, cells: dict[str, str]):
+    """A small classifier registered as the workload `tiny` with this scope; its Workload."""
     workload = small_classifier()
     module = types.ModuleType("tiny_workload")
-    module.NAME, module.FAMILY, module.load = "tiny", "classification", lambda: workload
-    module.CELLS = {"int8_static": "pr", "prune_channels@0.5+ft": "pr", "kmeans@16": "full"}
-    monkeypatch.setattr(workloads, "WORKLOADS", {"tiny": module})
+    module.NAME, module.FAMILY, module.CELLS = "tiny", "classification", cells
+    module.load = lambda: workload
     monkeypatch.setattr("benchmarks.search.optimize.WORKLOADS", {"tiny": module})
+    return workload
+
+
+def test_a_whole_search_writes_its_front_and_best_recipe_even_when_none_meets(tmp_path,
+                                                                              monkeypatch):
+    workload = tiny_workload(monkeypatch, {"int8_static": "pr", "prune_channels@0.5+ft": "pr",
+                                           "kmeans@16": "full"})
     lines: list[str] = []
     # A drop below zero is a budget no recipe of an untrained net meets for sure.
     search = Search("tiny", Budget(max_drop=-100.0, minutes=5, patience=50, max_trials=4),
@@ -157,11 +182,7 @@ def test_a_whole_search_writes_its_front_and_best_recipe_even_when_none_meets(tm
 
 
 def test_a_space_of_one_recipe_stops_once_exhausted_not_on_the_clock(tmp_path, monkeypatch):
-    workload = small_classifier()
-    module = types.ModuleType("tiny_workload")
-    module.NAME, module.FAMILY, module.load = "tiny", "classification", lambda: workload
-    module.CELLS = {"int8_dynamic": "pr"}
-    monkeypatch.setattr("benchmarks.search.optimize.WORKLOADS", {"tiny": module})
+    tiny_workload(monkeypatch, {"int8_dynamic": "pr"})
     search = Search("tiny", Budget(max_drop=100.0, minutes=10, patience=1000),
                     only=("int8_dynamic",), log=lambda _: None)
     start = time.monotonic()

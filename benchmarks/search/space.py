@@ -105,8 +105,9 @@ class Space:
         chain = trial.suggest_categorical("value", chains)
         if chain != NONE:
             stages += [self._stage(trial, base) for base in chain.split("+")]
-        if not stages:  # the reference itself is no recipe
-            stages.append(self._stage(trial, self.values[0][0] if self.values else structure))
+        if not stages:  # the reference itself is no recipe: the space's first stage instead
+            stages.append(self._stage(trial, self.values[0][0] if self.values
+                                      else self.structures[0]))
         return compress.canonical("+".join(stages))
 
     def _stage(self, trial, base: str) -> str:
