@@ -6,7 +6,8 @@ stages, each applied to the model the one before made (compress/pipeline.py): a 
 (`gptq@32+gguf_q4_1`) or a recovery: `+ft` (the caller's fine-tune, every zero kept, refused
 after a technique that keeps a quantization grid), `+kd` (the same with the reference's
 outputs as soft targets), `+lora` (a LoRA adapter trained by that fine-tune) or `+qlora` (the
-same beside a frozen quantized model).
+same beside a frozen quantized model); `+ft@1500` trains for 1,500 steps instead of the
+workload's own number.
 
 Every module of this package is imported here, so a technique registers itself by being
 written in one (`@register`): there is no list to edit.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from compress import recover
 from compress.base import Compressed, Context, Technique, Unsupported
 from compress.pipeline import then, with_recovery
 from compress.recover import RECOVERIES
@@ -40,8 +42,8 @@ def get(name: str) -> Technique:
     first, *stages = name.split("+")
     technique = _single(first, name)
     for stage in stages:
-        if stage in RECOVERIES:
-            technique = with_recovery(technique, stage)
+        if stage.partition("@")[0] in RECOVERIES:
+            technique = with_recovery(technique, stage, name)
         elif stage.partition("@")[0] in REGISTRY:
             technique = then(technique, _single(stage, name))
         else:
@@ -57,8 +59,13 @@ def canonical(name: str) -> str:
     get(name)  # KeyError on a name that is not one
     stages = []
     for stage in name.split("+"):
-        entry = REGISTRY.get(stage.partition("@")[0])
-        stages.append(entry.canonical(entry.parse(stage, name)) if entry else stage)
+        base = stage.partition("@")[0]
+        if base in RECOVERIES:
+            steps = recover.parse(stage, name)[1]
+            stages.append(base if steps is None else f"{base}@{steps}")
+        else:
+            entry = REGISTRY[base]
+            stages.append(entry.canonical(entry.parse(stage, name)))
     return "+".join(stages)
 
 

@@ -34,11 +34,12 @@ class Context:
     # One batch, for tracing dependency graphs (structured pruning) and FX.
     example_input: torch.Tensor | None = None
     # Trains what requires grad in a model, in place, for a short while: the recovery
-    # pipelines (`+ft`, `+lora`, `+qlora`) and `lora` use it.
-    finetune: Callable[[nn.Module], None] | None = None
+    # pipelines (`+ft`, `+lora`, `+qlora`) and `lora` use it. A `steps=` keyword, when it takes
+    # one, sets how many optimizer steps (`+ft@1500`); without it, the workload's own number.
+    finetune: Callable[..., None] | None = None
     # The same fine-tune with the reference model's outputs as soft targets beside the task's
     # loss (knowledge distillation): `+kd` uses it.
-    distill: Callable[[nn.Module], None] | None = None
+    distill: Callable[..., None] | None = None
     # The workload's declared student architecture at a width multiplier (untrained), and the
     # training that teaches a fresh one from scratch with the reference's outputs as soft
     # targets, as long as the reference was trained: `student@w` uses them.

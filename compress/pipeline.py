@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from compress.base import Compressed, Context, Technique, Unsupported
-from compress.recover import RECOVERIES
+from compress import recover
+from compress.base import Compressed, Context, Technique
 
 
 def then(first: Technique, second: Technique) -> Technique:
@@ -33,26 +33,25 @@ def then(first: Technique, second: Technique) -> Technique:
                      transform.__doc__, second.kernel, first.keeps | second.keeps)
 
 
-def with_recovery(technique: Technique, suffix: str) -> Technique:
-    """`technique+suffix`: the technique, then the recovery RECOVERIES[suffix] of its model.
+def with_recovery(technique: Technique, stage: str, name: str) -> Technique:
+    """`technique+stage`: the technique, then the recovery `stage` names (`ft`, `kd@1500`,
+    compress/recover.py) of its model.
 
     The result executes as the technique did (a recovery trains weights or adds an adapter;
     it does not change how the technique's layers run).
     """
-    recovery = RECOVERIES[suffix]
+    recovery, steps = recover.parse(stage, name)
 
     def transform(model: nn.Module, ctx: Context) -> Compressed:
-        if getattr(ctx, recovery.needs) is None:  # know it before compressing
-            raise Unsupported(f"{technique.name}+{suffix} needs Context.{recovery.needs}, "
-                              "which this workload does not give")
+        trained = recover.trained_for(ctx, recovery, steps, stage)  # before compressing
         out = technique.transform(model, ctx)
         extras = dict(out.extras)
         if ctx.evaluate is not None:
             extras["before_recovery"] = ctx.evaluate(out.model.eval(), out.input_dtype)
-        recovered = recovery.run(out.model, ctx, technique.keeps)
+        recovered = recovery.run(out.model, trained, technique.keeps)
         return Compressed(recovered.model, out.execution, out.input_dtype, out.why_simulated,
                           extras={**extras, **recovered.extras})
 
     transform.__doc__ = f"{technique.doc} Then: {recovery.run.__doc__}"
-    return Technique(f"{technique.name}+{suffix}", "pipeline", technique.real_on, transform,
+    return Technique(f"{technique.name}+{stage}", "pipeline", technique.real_on, transform,
                      transform.__doc__, technique.kernel, technique.keeps)

@@ -8,11 +8,15 @@ it keeps (`Technique.keeps`): a quantization grid they refuse, since training th
 would leave it; shared values stay shared by construction (palettes train, indices do not).
 `+lora` and `+qlora` train a low-rank adapter beside frozen weights (compress/lowrank/lora.py),
 which keeps everything. Each trains with what the workload gives the Context (`finetune`,
-`distill`).
+`distill`), for the workload's own number of steps, or for as many as the stage names
+(`+kd@1500`): a short recovery measures the lack of training more than the technique.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,3 +91,35 @@ class Recovery:
 
 RECOVERIES = {"ft": Recovery(finetune, "finetune"), "kd": Recovery(distill, "distill"),
               "lora": Recovery(lora.lora, "finetune"), "qlora": Recovery(lora.qlora, "finetune")}
+
+
+def parse(stage: str, name: str) -> tuple[Recovery, int | None]:
+    """The recovery a stage of `name` names, and the training steps it asks for: `ft` (the
+    workload's own number), `ft@1500` (1,500 optimizer steps)."""
+    base, at, text = stage.partition("@")
+    steps = int(text) if text.isdigit() else 0
+    if at and steps < 1:
+        raise KeyError(f"recovery '+{stage}' in {name!r} is malformed: write it as "
+                       f"+{base}@<steps>, a whole number of training steps, or +{base} for "
+                       "the workload's own")
+    return RECOVERIES[base], steps if at else None
+
+
+def trained_for(ctx: Context, recovery: Recovery, steps: int | None, stage: str) -> Context:
+    """`ctx` with the recovery's training cut to `steps` optimizer steps (the training
+    function takes them as `steps=`); `ctx` itself without `steps`. Unsupported when the
+    workload gives no such training, or one that takes no `steps`."""
+    train = getattr(ctx, recovery.needs)
+    if train is None:
+        raise Unsupported(f"+{stage} needs Context.{recovery.needs}, which this workload does "
+                          "not give")
+    if steps is None:
+        return ctx
+    try:
+        inspect.signature(train).bind(None, steps=steps)
+    except TypeError:
+        raise Unsupported(f"+{stage} sets the recovery's length, but this workload's "
+                          f"{recovery.needs} takes no `steps`: give it one "
+                          f"(`def {recovery.needs}(model, steps=None)`), or write "
+                          f"+{stage.partition('@')[0]} for its own length") from None
+    return dataclasses.replace(ctx, **{recovery.needs: functools.partial(train, steps=steps)})

@@ -51,10 +51,11 @@ class Space:
     def of(cls, cells: Iterable[str], *, device: str = "cpu", recoveries: Iterable[str] = (),
            student: bool = False, only: Iterable[str] = ()) -> Space:
         """The space of a scope (technique names) on `device`: `recoveries` the workload can
-        train (`ft`, `kd`), `student` whether it declares a student architecture, `only` the
-        base names to keep (all when empty). A structure stage that would run simulated here
-        (masks, 2:4 without its kernel) saves neither bytes nor time here, so it is left out."""
-        structures, values, fixed = [], [], {}
+        train (`ft`, `kd`; the lengths of them its cells name join them, `kd@1500`), `student`
+        whether it declares a student architecture, `only` the base names to keep (all when
+        empty). A structure stage that would run simulated here (masks, 2:4 without its
+        kernel) saves neither bytes nor time here, so it is left out."""
+        structures, values, fixed, recoveries = [], [], {}, list(recoveries)
         only = set(only)
         unknown = only - set(REGISTRY)
         if unknown:
@@ -66,6 +67,8 @@ class Space:
             for stage in stages:
                 base = stage.partition("@")[0]
                 entry = REGISTRY.get(base)
+                if entry is None and base in recoveries and stage not in recoveries:
+                    recoveries.append(stage)  # a length the scope trains for: `kd@1500`
                 if entry is None or base in NOT_SEARCHED or (only and base not in only):
                     chain = None  # a recovery, or a chain with a stage not searched
                     break
@@ -136,7 +139,7 @@ class Space:
             base = stage.partition("@")[0]
             entry = REGISTRY.get(base)
             if entry is None:
-                recovery = base
+                recovery = stage
                 continue
             if entry.family in STRUCTURE_FAMILIES:
                 structure = base

@@ -158,13 +158,15 @@ class Workload:
     evaluate: Callable[[nn.Module, torch.dtype], Score]
     calibration: list[torch.Tensor]
     example_input: torch.Tensor  # the batch that is timed (images, or token ids)
-    finetune: Callable[[nn.Module], None] | None
+    # Trains a compressed model in place (`+ft`): `finetune(model, steps=None)`, `steps` the
+    # optimizer steps a recipe names (`+ft@1500`), else the workload's own number.
+    finetune: Callable[..., None] | None
     checkpoint_sha256: str
     evaluation: Evaluation
     floor: Floor | None = None
     # The fine-tune with the reference's outputs as soft targets beside the task's loss
     # (training.distillation_loss), for `+kd`; None where the workload has none.
-    distill: Callable[[nn.Module], None] | None = None
+    distill: Callable[..., None] | None = None
     # A smaller architecture of the same kind at a width multiplier, untrained, and the
     # training of one from scratch by distillation from the reference, for `student@w`.
     student: Callable[[float], nn.Module] | None = None

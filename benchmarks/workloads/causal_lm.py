@@ -180,11 +180,12 @@ def causal_lm(name: str, source: str | Path, *, gguf_file: str | None = None,
     in_turn = torch.stack([t.reshape(-1, window) for t in held_out.values()], dim=1)
     calibration = list(in_turn.reshape(-1, window)[:calibration_windows].split(2))
 
-    def finetune(candidate: nn.Module) -> None:
+    def finetune(candidate: nn.Module, steps: int | None = None) -> None:
         device = model_device(candidate)
         train(candidate, lambda m, idx: next_token_loss(m, held_out_windows[idx].to(device)),
-              len(held_out_windows), epochs=2, batch_size=FINETUNE_BATCH, lr=finetune_lr,
-              seed=FINETUNE_SEED, max_steps=finetune_steps, weight_decay=0.0,
+              len(held_out_windows), epochs=None if steps else 2, batch_size=FINETUNE_BATCH,
+              lr=finetune_lr, seed=FINETUNE_SEED, max_steps=steps or finetune_steps,
+              weight_decay=0.0,
               desc=f"fine-tune {name}")
 
     windows = torch.cat(list(scored.values()))

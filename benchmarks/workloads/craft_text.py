@@ -102,7 +102,7 @@ def load() -> Workload:
 
     targets: list[torch.Tensor] = []  # the reference's maps of the training scenes, once
 
-    def finetune(candidate: nn.Module) -> None:
+    def finetune(candidate: nn.Module, steps: int | None = None) -> None:
         if not targets:
             targets.append(heat_maps(model, train_x, torch.float32))
 
@@ -111,7 +111,7 @@ def load() -> Workload:
             return F.mse_loss(m(train_x[idx].to(device))[0], targets[0][idx].to(device))
 
         train(candidate, batch_loss, len(train_x), batch_size=FINETUNE_BATCH, lr=FINETUNE_LR,
-              seed=RECIPE.seed + 1, max_steps=FINETUNE_STEPS, desc=f"fine-tune {NAME}")
+              seed=RECIPE.seed + 1, max_steps=steps or FINETUNE_STEPS, desc=f"fine-tune {NAME}")
 
     return Workload(
         name=NAME,

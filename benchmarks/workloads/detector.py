@@ -81,7 +81,7 @@ def yolo_detector(
     say(name, f"{len(val.images)} validation {what}")
     train_set = _train_set(found, imgsz, finetune_batch)
 
-    def finetune(candidate: nn.Module) -> None:
+    def finetune(candidate: nn.Module, steps: int | None = None) -> None:
         """ultralytics' own loss on its augmented training images, a few epochs' worth."""
         if not hasattr(candidate, "loss"):
             raise TypeError(f"{name}: the fine-tune needs an ultralytics DetectionModel")
@@ -99,7 +99,7 @@ def yolo_detector(
             return loss.sum()
 
         train(candidate, batch_loss, len(train_set), batch_size=finetune_batch,
-              lr=finetune_lr, seed=seed + 1, max_steps=finetune_steps,
+              lr=finetune_lr, seed=seed + 1, max_steps=steps or finetune_steps,
               desc=f"fine-tune {name}")
 
     return Workload(

@@ -102,7 +102,7 @@ def super_resolution(name: str, model: nn.Module, timing_batch: int,
 
     targets: list[torch.Tensor] = []  # the reference's outputs on the training tiles, once
 
-    def finetune(candidate: nn.Module) -> None:
+    def finetune(candidate: nn.Module, steps: int | None = None) -> None:
         if not targets:
             targets.append(upscale(model, training_low))
 
@@ -111,7 +111,7 @@ def super_resolution(name: str, model: nn.Module, timing_batch: int,
             return F.l1_loss(m(training_low[idx].to(device)), targets[0][idx].to(device))
 
         train(candidate, batch_loss, len(training_low), batch_size=FINETUNE_BATCH,
-              lr=FINETUNE_LR, seed=1, max_steps=FINETUNE_STEPS, desc=f"fine-tune {name}")
+              lr=FINETUNE_LR, seed=1, max_steps=steps or FINETUNE_STEPS, desc=f"fine-tune {name}")
 
     face = downscale(photo(PICTURE[0])[None, :, PICTURE[1], PICTURE[2]])
 
