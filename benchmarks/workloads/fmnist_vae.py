@@ -69,14 +69,13 @@ class Recipe:
     batch_size: int
     lr: float
     seed: int = 0
-    # The recovery fine-tune of `+ft` cells: a few hundred steps of the same ELBO training.
-    finetune_steps: int = 200
-    finetune_lr: float = 5e-4
 
 
 # 4 epochs: 2 min 43 s on the 2 threads of a 2-core AMD EPYC.
 RECIPE = Recipe(arch="vae-conv32-64-fc256-z16-dlogistic", latent=16, epochs=4, batch_size=128,
                 lr=2e-3)
+# The recovery fine-tune of `+ft` cells: a few hundred steps of the same ELBO training.
+FINETUNE_STEPS, FINETUNE_LR = 200, 5e-4
 EVAL_BATCH = 500
 TIMING_BATCH = 32
 CALIBRATION_BATCHES, CALIBRATION_BATCH = 8, 64
@@ -300,7 +299,7 @@ def load() -> Workload:
     fd_real = frechet_distance(features(data.train_images[real_idx[:N_GENERATED]]),
                                test_features)
 
-    def finetune(decoder: nn.Module) -> None:
+    def finetune(decoder: nn.Module, steps: int | None = None) -> None:
         def decoder_loss(candidate: nn.Module, idx: torch.Tensor) -> torch.Tensor:
             images = data.train_images[idx]
             with torch.no_grad():  # the encoder is the reference's, never trained here
@@ -309,7 +308,7 @@ def load() -> Workload:
             return neg_elbo(candidate, mean.to(device), log_var.to(device), images).mean()
 
         train(decoder, decoder_loss, len(data.train_labels), batch_size=RECIPE.batch_size,
-              lr=RECIPE.finetune_lr, seed=RECIPE.seed + 1, max_steps=RECIPE.finetune_steps,
+              lr=FINETUNE_LR, seed=RECIPE.seed + 1, max_steps=steps or FINETUNE_STEPS,
               desc=f"fine-tune {NAME}")
 
     # Calibration: posterior samples of training images, the latents the decoder was trained
