@@ -44,7 +44,7 @@ CELLS = {
     "kmeans@16,per=channel": "full",
     "kmeans@256": "full",
     "kmeans@16+ft": "full",
-    # Converged recoveries: 2,000 steps (4.3 passes; the reference trained 937). prune_l1@0.9
+    # Converged recoveries: 2,000 steps (4.3 passes; the reference trained 936). prune_l1@0.9
     # lost 5.8 points after the 200 steps of +ft, 1.7 after 1,000, 0.7 after 2,000.
     "prune_l1@0.9+ft@2000": "full",
     "prune_channels@0.7+ft@2000": "full",
