@@ -35,6 +35,11 @@ def small_classifier(seed: int = 0):
                       batch_size=16, finetune_steps=6, student=tiny_net, student_epochs=2)
 
 
+def assert_same_weights(a: nn.Module, b: nn.Module, why: str = "") -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), f"{name}{': ' + why if why else ''}"
+
+
 def workload_context(workload) -> Context:
     return Context(calibration=workload.calibration, example_input=workload.example_input,
                    finetune=workload.finetune, distill=workload.distill,
@@ -64,8 +69,7 @@ def test_kd_with_no_weight_on_the_soft_targets_is_the_plain_fine_tune(monkeypatc
     monkeypatch.setattr(training, "KD_WEIGHT", 0.0)
     ft = get("prune_l1@0.5+ft").apply(workload.model, ctx).model
     kd = get("prune_l1@0.5+kd").apply(workload.model, ctx).model
-    for (name, a), (_, b) in zip(ft.state_dict().items(), kd.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
+    assert_same_weights(ft, kd)
 
 
 def test_kd_moves_the_student_toward_the_teacher_and_keeps_the_zeros():
@@ -119,9 +123,7 @@ def test_teaching_a_student_is_seeded_so_it_repeats():
     ctx = workload_context(workload)
     first = get("student@0.5").apply(workload.model, ctx).model
     again = get("student@0.5").apply(workload.model, ctx).model
-    for (name, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items(),
-                                 strict=True):
-        assert torch.equal(a, b), f"{name}: teaching a student is seeded, so it repeats"
+    assert_same_weights(first, again, "teaching a student is seeded, so it repeats")
 
 
 @pytest.mark.parametrize("width", ["0", "1", "1.5", "-0.5"])

@@ -10,7 +10,7 @@ from torch import nn
 
 from benchmarks.search.space import Space
 from compress import Context, Unsupported, canonical, get
-from tests.test_distill import small_classifier, workload_context
+from tests.test_distill import assert_same_weights, small_classifier, workload_context
 
 
 def recorder(seen: list):
@@ -76,9 +76,7 @@ def test_naming_the_workloads_own_length_is_the_same_recovery():
     ctx = workload_context(workload)
     own = get("prune_l1@0.5+ft").apply(workload.model, ctx).model
     named = get("prune_l1@0.5+ft@6").apply(workload.model, ctx).model
-    for (key, a), (_, b) in zip(own.state_dict().items(), named.state_dict().items(),
-                                strict=True):
-        assert torch.equal(a, b), key
+    assert_same_weights(own, named)
 
 
 def test_a_search_trains_for_the_lengths_its_scope_names():
