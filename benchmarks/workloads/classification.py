@@ -66,16 +66,16 @@ def image_classifier(
     state, path = cached_state_dict(name, recipe, fit)
     model = build()
     model.load_state_dict(state)
+    finetune_lr = finetune_lr or recipe.lr
     return classifier(name, model, test=(data.test_images, data.test_labels),
                       train=(data.train_images, data.train_labels), prepare=prepare,
-                      batch_size=recipe.batch_size, finetune_lr=finetune_lr or recipe.lr,
+                      batch_size=recipe.batch_size, finetune_lr=finetune_lr,
                       finetune_steps=finetune_steps, seed=recipe.seed,
                       student=student, student_epochs=student_epochs or recipe.epochs,
                       student_lr=recipe.lr,
                       definition="Fashion-MNIST t10k: all 10,000 test images and labels",
                       notes={"checkpoint": str(path), "recipe": recipe.__dict__,
-                             "recovery": {"steps": finetune_steps,
-                                          "lr": finetune_lr or recipe.lr}})
+                             "recovery": {"steps": finetune_steps, "lr": finetune_lr}})
 
 
 Data = tuple[torch.Tensor, torch.Tensor] | Dataset
